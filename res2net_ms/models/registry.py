@@ -1,0 +1,154 @@
+"""The model zoo: every published Res2Net by name, with its config, and ``create_model``."""
+import difflib
+from dataclasses import dataclass, field
+
+from .dla import DLA
+from .res2net import Res2Net
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OFFICIAL_URL = "https://shanghuagao.oss-cn-beijing.aliyuncs.com/res2net/"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a user needs to run a model: preprocessing, layer names, published results.
+
+    ``params`` is the trainable-parameter count with 1000 classes (equal to the official
+    PyTorch model); ``top1``/``top5`` and ``gmacs`` are the published ImageNet numbers
+    (None where none were published); ``weights`` is the official PyTorch file name.
+    """
+
+    name: str
+    arch: type
+    kwargs: dict
+    params: int
+    top1: float = None
+    top5: float = None
+    gmacs: float = None
+    weights: str = None
+    first_conv: str = "conv1.weight"
+    classifier: str = "fc"
+    aliases: tuple = ()
+    input_size: tuple = (3, 224, 224)
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    crop_pct: float = 0.875
+    interpolation: str = "bilinear"
+    num_classes: int = 1000
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def url(self):
+        return OFFICIAL_URL + self.weights if self.weights else None
+
+    def to_dict(self):
+        """Plain values only (for logs and saved configs)."""
+        keys = ("name", "params", "top1", "top5", "gmacs", "weights", "url", "first_conv",
+                "classifier", "input_size", "mean", "std", "crop_pct", "interpolation",
+                "num_classes")
+        return {k: getattr(self, k) for k in keys}
+
+
+def _v1(layers, base_width, scale):
+    return dict(layers=layers, base_width=base_width, scale=scale)
+
+
+def _v1b(layers):
+    return dict(layers=layers, base_width=26, scale=4, deep_stem=True, avg_down=True)
+
+
+_L50, _L101, _L152 = (3, 4, 6, 3), (3, 4, 23, 3), (3, 8, 36, 3)
+_DEEP = dict(first_conv="conv1.0.weight")
+
+_CONFIGS = [
+    ModelConfig("res2net50_26w_4s", Res2Net, _v1(_L50, 26, 4), 25_699_120, 77.99, 93.85, 4.2,
+                "res2net50_26w_4s-06e79181.pth", aliases=("res2net50",)),
+    ModelConfig("res2net50_48w_2s", Res2Net, _v1(_L50, 48, 2), 25_287_304, 77.32, 93.53, 4.2,
+                "res2net50_48w_2s-afed724a.pth"),
+    ModelConfig("res2net50_14w_8s", Res2Net, _v1(_L50, 14, 8), 25_059_816, 78.14, 93.86, 4.2,
+                "res2net50_14w_8s-6527dddc.pth"),
+    ModelConfig("res2net50_26w_6s", Res2Net, _v1(_L50, 26, 6), 37_051_448, 78.58, 94.13, 6.3,
+                "res2net50_26w_6s-19041792.pth"),
+    ModelConfig("res2net50_26w_8s", Res2Net, _v1(_L50, 26, 8), 48_403_776, 79.20, 94.37, 8.3,
+                "res2net50_26w_8s-2c7c9f12.pth"),
+    ModelConfig("res2net101_26w_4s", Res2Net, _v1(_L101, 26, 4), 45_206_688, 79.19, 94.43, 8.1,
+                "res2net101_26w_4s-02a759a1.pth", aliases=("res2net101",)),
+    ModelConfig("res2net152_26w_4s", Res2Net, _v1(_L152, 26, 4), 61_275_248,
+                aliases=("res2net152",)),
+    ModelConfig("res2net50_v1b_26w_4s", Res2Net, _v1b(_L50), 25_718_352, 80.27, 95.04, 4.5,
+                "res2net50_v1b_26w_4s-3cf99910.pth", aliases=("res2net50_v1b", "res2net50d"),
+                **_DEEP),
+    ModelConfig("res2net101_v1b_26w_4s", Res2Net, _v1b(_L101), 45_225_920, 81.23, 95.36, 8.3,
+                "res2net101_v1b_26w_4s-0812c246.pth",
+                aliases=("res2net101_v1b", "res2net101d"), **_DEEP),
+    ModelConfig("res2net152_v1b_26w_4s", Res2Net, _v1b(_L152), 61_294_480,
+                aliases=("res2net152_v1b",), **_DEEP),
+    ModelConfig("res2next50", Res2Net, dict(layers=_L50, base_width=4, scale=4, cardinality=8),
+                24_671_464, 78.24, 93.91, 4.2, "res2next50_4s-6ef7e7bf.pth"),
+    ModelConfig("res2net_dla60", DLA, dict(base_width=28, scale=4), 21_145_544, 78.47, 94.20,
+                4.2, "res2net_dla60_4s-d88db7f9.pth", first_conv="base_layer.0.weight"),
+    ModelConfig("res2next_dla60", DLA, dict(base_width=4, scale=4, cardinality=8), 17_330_456,
+                78.45, 94.14, 3.6, "res2next_dla60_4s-d327927b.pth",
+                first_conv="base_layer.0.weight"),
+]
+
+MODELS = {cfg.name: cfg for cfg in _CONFIGS}
+ALIASES = {alias: cfg.name for cfg in _CONFIGS for alias in cfg.aliases}
+
+
+def list_models(pattern=None, aliases=False):
+    """Sorted model names (with ``aliases=True`` their aliases too), filtered by a glob."""
+    import fnmatch
+
+    names = sorted(MODELS) + (sorted(ALIASES) if aliases else [])
+    return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
+
+
+def get_model_config(name):
+    """The :class:`ModelConfig` of a model name or alias; ValueError naming close names."""
+    key = name.lower() if isinstance(name, str) else name
+    key = ALIASES.get(key, key)
+    if key not in MODELS:
+        known = list(MODELS) + list(ALIASES)
+        close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else "see res2net_ms.list_models()"
+        raise ValueError(f"unknown model '{name}': {hint}")
+    return MODELS[key]
+
+
+def create_model(name, num_classes=1000, in_channels=3, drop_rate=0.0, drop_path_rate=0.0,
+                 checkpoint_path=None, features_only=False, out_indices=None, frozen_stages=-1,
+                 norm_eval=False, output_stride=32, **kwargs):
+    """Build a zoo model by name.
+
+    Args:
+        name: a name or alias from :func:`list_models`.
+        num_classes: classifier outputs (0: pooled features).
+        in_channels: input channels.
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth over the blocks (really applied).
+        checkpoint_path: weights to load: a MindSpore ``.ckpt`` or any PyTorch/safetensors file
+            the converter reads. A classifier of another size is left out and re-initialised.
+        features_only: return stage feature maps instead of logits.
+        out_indices: stages returned with ``features_only`` (default: every stage after the
+            stem: 1..4 for ResNet layouts at strides 4-32, 0..5 for DLA levels).
+        frozen_stages: freeze the stem and stages 1..k (-1: none).
+        norm_eval: keep every BN in inference mode.
+        output_stride: 32, 16 or 8 (dilated last stages; ResNet layouts only).
+        **kwargs: network arguments overriding the model's own (e.g. ``zero_init_last``).
+    """
+    cfg = get_model_config(name)
+    args = dict(cfg.kwargs, num_classes=num_classes, in_channels=in_channels,
+                drop_rate=drop_rate, drop_path_rate=drop_path_rate, features_only=features_only,
+                frozen_stages=frozen_stages, norm_eval=norm_eval, output_stride=output_stride)
+    if out_indices is not None:
+        args["out_indices"] = out_indices
+    args.update(kwargs)
+    net = cfg.arch(**args)
+    net.default_cfg = cfg
+    if checkpoint_path:
+        from ..convert import load_into
+
+        load_into(net, checkpoint_path, model_name=cfg.name)
+    return net
