@@ -1,25 +1,31 @@
-# One-command set-up: `make test` or `make demo` on a fresh machine creates ./.venv first.
+# One-command set-up: `make demo` or `make test` on a fresh machine creates ./.venv first.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install test demo bench clean
+.PHONY: demo test bench clean
 
-install: $(VENV)/.installed
-
-$(VENV)/.installed: pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+
+# The demo needs no PyTorch: it installs the package with its demo extra only.
+$(VENV)/.demo: pyproject.toml | $(PY)
+	$(PIP) -e ".[demo]"
 	touch $@
 
-test: install
-	$(PY) -m pytest -q --durations=15 tests
+$(VENV)/.test: pyproject.toml | $(PY)
+	$(PIP) -e ".[test]"
+	touch $(VENV)/.demo $@
 
-demo: install
+demo: $(VENV)/.demo
 	$(PY) -m res2net_ms.demo
 
-bench: install
+test: $(VENV)/.test
+	$(PY) -m pytest -q --durations=15 tests
+
+bench: $(VENV)/.demo
 	$(PY) benchmarks/model_zoo.py
 
 clean:
-	rm -rf $(VENV) data/digits output
+	rm -rf $(VENV) data/digits ckpt/demo_digits

@@ -4,8 +4,6 @@ Prints one Markdown row per model: ``python benchmarks/model_zoo.py [--batch 8] 
 MACs are counted from the conv and dense layers actually run (PyNative forward hooks).
 """
 import argparse
-import os
-import sys
 import time
 
 import mindspore as ms
@@ -65,6 +63,7 @@ def main():
 
 
 if __name__ == "__main__":
+    from res2net_ms.process import exit_process
+
     main()
-    sys.stdout.flush()
-    os._exit(0)
+    exit_process(0)

@@ -1,6 +1,5 @@
 """Command line: ``python -m res2net_ms.convert SRC --model NAME --out OUT.ckpt``."""
 import argparse
-import os
 import sys
 
 from .layouts import LAYOUTS
@@ -46,7 +45,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)  # skip MindSpore's noisy Cell.__del__ at interpreter exit
+    from ..process import exit_process
+
+    exit_process(main())

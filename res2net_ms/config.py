@@ -1,0 +1,485 @@
+"""Command-line and YAML configuration of ``train.py`` and ``validate.py``.
+
+Every YAML key is a command-line flag of the same name (mindcv's names where mindcv has the
+setting), the YAML file supplies the defaults and the command line overrides them. YAML is
+checked strictly, because a misspelt key that is silently ignored costs a whole training run:
+an unknown key or a value of the wrong type stops at once with a one-line :class:`ConfigError`.
+"""
+import argparse
+import difflib
+import os
+import sys
+from dataclasses import dataclass
+
+import yaml
+
+__all__ = ["ConfigError", "build_parser", "parse_args", "save_config", "config_to_yaml",
+           "load_yaml_config", "resolve_model_defaults"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the CLIs print it as one ``error:`` line and exit with 2."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its flag, group, default and the type its YAML value must have.
+
+    ``kind`` is one of ``int float bool str floats ints dict jitter``; ``length`` fixes the
+    number of items of a list kind; ``optional`` lets the value be null (``None``), which
+    means "derive it" (usually from the model config).
+    """
+
+    name: str
+    group: str
+    default: object
+    kind: str
+    help: str
+    choices: tuple = None
+    length: int = None
+    optional: bool = False
+
+
+_O = Option
+OPTIONS = [
+    # System
+    _O("mode", "system", 0, "int", "0: graph mode (compiled), 1: PyNative", choices=(0, 1)),
+    _O("jit_level", "system", "O2", "str", "graph compile level", choices=("O0", "O1", "O2")),
+    _O("device_target", "system", "auto", "str",
+       "auto: the backend this MindSpore build was made for",
+       choices=("auto", "Ascend", "GPU", "CPU")),
+    _O("distribute", "system", False, "bool",
+       "data-parallel training over every rank started by msrun/mpirun"),
+    _O("num_parallel_workers", "system", 8, "int", "data pipeline workers per rank"),
+    _O("seed", "system", 42, "int", "seed of the weights, the data order and the augmentation"),
+    _O("deterministic", "system", False, "bool",
+       "deterministic kernels, one data worker: bit-exact reruns and resumes, slower"),
+    _O("log_interval", "system", 100, "int", "steps between log lines (without a progress bar)"),
+    _O("progress_bar", "system", "auto", "str", "auto: a bar when the output is a terminal",
+       choices=("auto", "on", "off")),
+    # Dataset
+    _O("dataset", "dataset", "imagefolder", "str",
+       "data_dir layout: one folder per class under each split",
+       choices=("imagefolder", "imagenet", "")),
+    _O("data_dir", "dataset", None, "str", "folder holding the train and val splits",
+       optional=True),
+    _O("train_split", "dataset", "train", "str", "sub-folder of data_dir used for training"),
+    _O("val_split", "dataset", "val", "str", "sub-folder of data_dir used for validation"),
+    _O("shuffle", "dataset", True, "bool", "shuffle the training data every epoch"),
+    _O("num_samples", "dataset", None, "int", "train on a random subset of this size per epoch",
+       optional=True),
+    _O("batch_size", "dataset", 128, "int", "images per step and per rank"),
+    _O("drop_remainder", "dataset", True, "bool", "drop the last incomplete training batch"),
+    # Augmentation
+    _O("image_resize", "augmentation", None, "int", "input size (null: the model's)",
+       optional=True),
+    _O("scale", "augmentation", [0.08, 1.0], "floats", "random-resized-crop area range",
+       length=2),
+    _O("ratio", "augmentation", [0.75, 1.333], "floats", "random-resized-crop aspect range",
+       length=2),
+    _O("hflip", "augmentation", 0.5, "float", "horizontal flip probability"),
+    _O("vflip", "augmentation", 0.0, "float", "vertical flip probability"),
+    _O("interpolation", "augmentation", None, "str", "resize interpolation (null: the model's)",
+       choices=("bilinear", "bicubic", "nearest", "area"), optional=True),
+    _O("crop_pct", "augmentation", None, "float",
+       "evaluation: resize to image_resize / crop_pct, centre-crop (null: the model's)",
+       optional=True),
+    _O("color_jitter", "augmentation", None, "jitter",
+       "brightness/contrast/saturation(/hue) jitter: one value or 3-4 values", optional=True),
+    _O("auto_augment", "augmentation", None, "str",
+       "mindcv policy, e.g. randaug-m9-mstd0.5, autoaug, trivialaugwide, augmix",
+       optional=True),
+    _O("re_prob", "augmentation", 0.0, "float", "random erasing probability"),
+    _O("re_scale", "augmentation", [0.02, 0.33], "floats", "random erasing area range",
+       length=2),
+    _O("re_ratio", "augmentation", [0.3, 3.3], "floats", "random erasing aspect range",
+       length=2),
+    _O("re_value", "augmentation", 0, "int", "random erasing fill value"),
+    _O("mixup", "augmentation", 0.0, "float", "mixup alpha (0: off)"),
+    _O("cutmix", "augmentation", 0.0, "float", "cutmix alpha (0: off)"),
+    _O("cutmix_prob", "augmentation", 1.0, "float", "probability of mixing a batch"),
+    _O("mean", "augmentation", None, "floats", "per-channel mean in 0-255 (null: the model's)",
+       length=3, optional=True),
+    _O("std", "augmentation", None, "floats", "per-channel std in 0-255 (null: the model's)",
+       length=3, optional=True),
+    # Model
+    _O("model", "model", "res2net50_26w_4s", "str", "a name from res2net_ms.list_models()"),
+    _O("model_kwargs", "model", {}, "dict",
+       "extra create_model arguments, e.g. {layers: [1, 1, 1, 1]}"),
+    _O("num_classes", "model", 1000, "int", "classifier outputs; must match the data"),
+    _O("in_channels", "model", 3, "int", "input channels"),
+    _O("drop_rate", "model", 0.0, "float", "dropout before the classifier"),
+    _O("drop_path_rate", "model", 0.0, "float", "stochastic depth"),
+    _O("frozen_stages", "model", -1, "int", "freeze the stem and stages 1..k (-1: none)"),
+    _O("norm_eval", "model", False, "bool", "keep every BatchNorm in inference mode"),
+    _O("pretrained", "model", False, "bool", "start from the model's official weights"),
+    _O("ckpt_path", "model", "", "str",
+       "weights to start from (train) or to evaluate (validate): .ckpt, .pth, .safetensors"),
+    _O("ema", "model", False, "bool",
+       "train: keep an EMA of the weights; validate: evaluate a checkpoint's EMA weights"),
+    _O("ema_decay", "model", 0.9999, "float", "EMA decay"),
+    _O("resume", "model", "", "str", "training checkpoint to continue from (any file name)"),
+    _O("epoch_size", "model", 90, "int", "training epochs"),
+    _O("ckpt_save_dir", "model", "./ckpt", "str",
+       "checkpoints, metrics.jsonl, train.log and the resolved config"),
+    _O("ckpt_save_interval", "model", 1, "int", "also keep a numbered checkpoint every N epochs"),
+    _O("keep_checkpoint_max", "model", 10, "int", "numbered checkpoints kept (oldest deleted)"),
+    _O("val_while_train", "model", False, "bool", "validate during training (needed for best)"),
+    _O("val_interval", "model", 1, "int", "epochs between validations"),
+    # Loss
+    _O("loss", "loss", "CE", "str", "mindcv loss name", choices=("CE", "BCE")),
+    _O("label_smoothing", "loss", 0.0, "float", "label smoothing"),
+    # Optimizer
+    _O("opt", "optimizer", "momentum", "str", "mindcv optimizer",
+       choices=("sgd", "momentum", "nesterov", "adam", "adamw", "lion", "nadam", "adan",
+                "rmsprop", "adagrad", "lamb")),
+    _O("momentum", "optimizer", 0.9, "float", "momentum"),
+    _O("use_nesterov", "optimizer", False, "bool", "Nesterov momentum"),
+    _O("weight_decay", "optimizer", 1e-4, "float", "weight decay"),
+    _O("weight_decay_filter", "optimizer", "disable", "str",
+       "norm_and_bias: no weight decay on BatchNorm and bias parameters",
+       choices=("disable", "auto", "norm_and_bias")),
+    _O("clip_grad", "optimizer", False, "bool", "clip gradients by global norm"),
+    _O("clip_value", "optimizer", 15.0, "float", "global-norm limit"),
+    # Scheduler
+    _O("scheduler", "scheduler", "cosine_decay", "str", "mindcv learning-rate schedule",
+       choices=("constant", "cosine_decay", "warmup_cosine_decay", "step_decay",
+                "multi_step_decay", "exponential_decay", "polynomial_decay", "one_cycle",
+                "cyclic")),
+    _O("lr", "scheduler", 0.1, "float", "peak learning rate"),
+    _O("min_lr", "scheduler", 1e-6, "float", "final learning rate of cosine decay"),
+    _O("warmup_epochs", "scheduler", 3, "int", "linear warm-up epochs"),
+    _O("warmup_factor", "scheduler", 0.0, "float", "warm-up starts at lr * warmup_factor"),
+    _O("decay_epochs", "scheduler", None, "int",
+       "cosine: decay length; step: epochs per step (null: epoch_size - warmup_epochs)",
+       optional=True),
+    _O("decay_rate", "scheduler", 0.1, "float", "factor of step / multi-step decay"),
+    _O("multi_step_decay_milestones", "scheduler", [30, 60, 90], "ints",
+       "epochs of multi-step decay"),
+    _O("lr_epoch_stair", "scheduler", False, "bool", "change the learning rate once per epoch"),
+    _O("num_cycles", "scheduler", 1, "int", "cosine cycles"),
+    _O("cycle_decay", "scheduler", 1.0, "float", "peak decay per cosine cycle"),
+    # AMP
+    _O("amp_level", "amp", "auto", "str", "mixed precision (auto: O0 on CPU, O2 elsewhere)",
+       choices=("auto", "O0", "O1", "O2", "O3")),
+    _O("loss_scale", "amp", 1.0, "float", "(initial) loss scale"),
+    _O("loss_scale_type", "amp", "fixed", "str", "fixed or dynamic loss scale",
+       choices=("fixed", "dynamic")),
+    _O("loss_scale_factor", "amp", 2.0, "float", "dynamic loss scale: change factor"),
+    _O("scale_window", "amp", 2000, "int", "dynamic loss scale: good steps before growing"),
+    _O("drop_overflow_update", "amp", False, "bool",
+       "fixed loss scale: skip steps whose gradients overflow (dynamic always skips)"),
+]
+OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
+GROUPS = ("system", "dataset", "augmentation", "model", "loss", "optimizer", "scheduler", "amp")
+# Run invocations rather than settings: not accepted in YAML files, not saved.
+_NOT_IN_YAML = ("config",)
+_NOT_SAVED = ("config", "resume")
+
+_KIND_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false",
+               "str": "a string", "floats": "a list of numbers", "ints": "a list of integers",
+               "dict": "a mapping", "jitter": "a number or a list of 3-4 numbers"}
+
+
+def _str2bool(text):
+    low = text.lower()
+    if low in ("true", "1", "yes", "on"):
+        return True
+    if low in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def _nullable(convert):
+    def parse(text):
+        return None if text.lower() in ("none", "null") else convert(text)
+    parse.__name__ = convert.__name__
+    return parse
+
+
+def _yaml_mapping(text):
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"not YAML: {exc}") from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a mapping like '{{layers: [1, 1, 1, 1]}}', "
+                                         f"got '{text}'")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """Command-line mistakes become a one-line ConfigError instead of a usage dump."""
+
+    def error(self, message):
+        raise ConfigError(" ".join(message.split()) + " (see --help)")
+
+
+def build_parser(prog=None, description=None):
+    """The argparse parser of every option, in mindcv-style groups."""
+    parser = _Parser(prog=prog, description=description, allow_abbrev=False)
+    parser.add_argument("-c", "--config", default=None,
+                        help="YAML file of options (the command line overrides it)")
+    groups = {g: parser.add_argument_group(g) for g in GROUPS}
+    for opt in OPTIONS:
+        kwargs = dict(dest=opt.name, default=opt.default, help=opt.help)
+        if opt.kind in ("floats", "ints", "jitter"):
+            kwargs["type"] = float if opt.kind != "ints" else int
+            kwargs["nargs"] = opt.length or "+"
+            kwargs["metavar"] = opt.name.upper()
+        elif opt.kind == "dict":
+            kwargs["type"] = _yaml_mapping
+        else:
+            base = {"int": int, "float": float, "bool": _str2bool, "str": str}[opt.kind]
+            kwargs["type"] = _nullable(base) if opt.optional else base
+        if opt.choices:
+            kwargs["choices"] = opt.choices + ((None,) if opt.optional else ())
+            kwargs["metavar"] = "{" + ",".join(str(c) for c in opt.choices) + "}"
+        groups[opt.group].add_argument(f"--{opt.name}", **kwargs)
+    return parser
+
+
+def _check_value(opt, value, source):
+    """The YAML value converted to the option's type, or ConfigError naming key and file."""
+    def fail(extra=""):
+        shown = repr(value) if not isinstance(value, str) else f"'{value}'"
+        raise ConfigError(f"{source}: key '{opt.name}' expects {_KIND_NAMES[opt.kind]}{extra}, "
+                          f"got {shown} ({type(value).__name__})")
+
+    def is_number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if value is None:
+        if opt.optional:
+            return None
+        fail()
+    kind = opt.kind
+    if kind == "int":
+        if not isinstance(value, int) or isinstance(value, bool):
+            fail()
+    elif kind == "float":
+        if not is_number(value):
+            fail()
+        value = float(value)
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            fail()
+    elif kind == "str":
+        if not isinstance(value, str):
+            fail()
+    elif kind == "dict":
+        if not isinstance(value, dict):
+            fail()
+    elif kind == "jitter":
+        if is_number(value):
+            value = float(value)
+        elif (isinstance(value, (list, tuple)) and len(value) in (1, 3, 4)
+              and all(is_number(v) for v in value)):
+            value = [float(v) for v in value]
+        else:
+            fail()
+    elif kind in ("floats", "ints"):
+        item_ok = is_number if kind == "floats" else (
+            lambda v: isinstance(v, int) and not isinstance(v, bool))
+        length = f" of length {opt.length}" if opt.length else ""
+        if not isinstance(value, (list, tuple)) or not all(item_ok(v) for v in value):
+            fail(length)
+        if opt.length and len(value) != opt.length:
+            fail(length)
+        value = [float(v) if kind == "floats" else v for v in value]
+    if opt.choices and value not in opt.choices:
+        raise ConfigError(f"{source}: key '{opt.name}' must be one of "
+                          f"{', '.join(map(str, opt.choices))}; got {value!r}")
+    return value
+
+
+def _closest_keys(key):
+    names = [o.name for o in OPTIONS]
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+    if not close:
+        close = [n for n in names if key.lower() in n or n in key.lower()][:3]
+    return close
+
+
+def load_yaml_config(text, source, lenient=False):
+    """Check a YAML document of options; returns ``{key: typed value}``.
+
+    ``source`` names the file in error messages. ``lenient`` (for configs stored in
+    checkpoints by another version) drops unknown or mistyped keys with a warning instead.
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"{source}: not valid YAML: {detail}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of option: value, got "
+                          f"{type(data).__name__}")
+    values, dropped = {}, []
+    for key, value in data.items():
+        opt = OPTIONS_BY_NAME.get(key) if isinstance(key, str) else None
+        try:
+            if opt is None or key in _NOT_IN_YAML:
+                close = _closest_keys(str(key))
+                hint = (f"closest valid keys: {', '.join(close)}" if close
+                        else "see --help for the valid keys")
+                raise ConfigError(f"{source}: unknown key '{key}'; {hint}")
+            values[key] = _check_value(opt, value, source)
+        except ConfigError:
+            if not lenient:
+                raise
+            dropped.append(str(key))
+    if dropped:
+        print(f"warning: {source}: ignored {', '.join(dropped)} (unknown or of another type in "
+              f"this version)", file=sys.stderr)
+    return values
+
+
+def _read_config_file(path):
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file '{path}' does not exist")
+    with open(path, encoding="utf-8") as f:
+        return load_yaml_config(f.read(), path)
+
+
+def _check_semantics(args):
+    """Checks across options, or of ranges, that no single type check can make."""
+    from .models import get_model_config
+
+    try:
+        get_model_config(args.model)
+    except ValueError as exc:
+        raise ConfigError(f"model: {exc}") from None
+    positive = ("batch_size", "epoch_size", "num_classes", "in_channels", "log_interval",
+                "val_interval", "ckpt_save_interval", "keep_checkpoint_max", "num_cycles",
+                "scale_window")
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise ConfigError(f"{name} must be at least 1, got {getattr(args, name)}")
+    for name in ("hflip", "vflip", "re_prob", "cutmix_prob", "label_smoothing", "drop_rate",
+                 "drop_path_rate"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise ConfigError(f"{name} must be in [0, 1], got {getattr(args, name)}")
+    for name in ("scale", "ratio", "re_scale", "re_ratio"):
+        low, high = getattr(args, name)
+        if not 0 < low <= high:
+            raise ConfigError(f"{name} must be [low, high] with 0 < low <= high, "
+                              f"got {getattr(args, name)}")
+    if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
+        raise ConfigError(f"crop_pct must be in (0, 1], got {args.crop_pct}")
+    if args.lr <= 0 or args.loss_scale <= 0:
+        raise ConfigError("lr and loss_scale must be positive")
+    if args.mixup < 0 or args.cutmix < 0:
+        raise ConfigError("mixup and cutmix are alphas and must be >= 0")
+    if isinstance(args.color_jitter, list) and len(args.color_jitter) == 1:
+        args.color_jitter = args.color_jitter[0]
+    if isinstance(args.color_jitter, list) and len(args.color_jitter) not in (3, 4):
+        raise ConfigError("color_jitter takes one value or 3-4 values")
+    if args.ema and not 0 < args.ema_decay < 1:
+        raise ConfigError(f"ema_decay must be in (0, 1), got {args.ema_decay}")
+    if args.warmup_epochs < 0:
+        raise ConfigError(f"warmup_epochs must be >= 0, got {args.warmup_epochs}")
+
+
+_LAUNCHER_ENV = ("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "RANK_SIZE",
+                 "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+
+
+def launched_by_launcher():
+    """True when msrun, mpirun or a rank table started this process (one of several ranks)."""
+    return any(os.environ.get(k) for k in _LAUNCHER_ENV)
+
+
+def parse_args(argv=None, base_checkpoint=None, prog=None, description=None):
+    """Parse the command line over the YAML file of ``--config``.
+
+    With ``base_checkpoint`` (the option naming a checkpoint, e.g. ``"resume"``) and no
+    ``--config``, the config stored in that training checkpoint is the base instead, so that
+    ``train.py --resume ckpt/last.ckpt`` and ``validate.py --ckpt_path ckpt/best.ckpt`` need no
+    other flags. Raises :class:`ConfigError`.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(prog, description)
+    pre, _ = parser.parse_known_args(argv)
+    base = {}
+    if pre.config:
+        base = _read_config_file(pre.config)
+    elif base_checkpoint and getattr(pre, base_checkpoint):
+        from .engine.checkpoint import read_checkpoint_meta
+
+        path = getattr(pre, base_checkpoint)
+        meta = read_checkpoint_meta(path) if os.path.isfile(path) else None
+        if meta and meta.get("config"):
+            base = load_yaml_config(meta["config"], f"{path} (stored config)", lenient=True)
+            # How this run is launched decides, not how the stored run was.
+            base["distribute"] = launched_by_launcher()
+    parser.set_defaults(**base)
+    args = parser.parse_args(argv)
+    _check_semantics(args)
+    return args
+
+
+def resolve_model_defaults(args):
+    """Fill the options left null from the model's config (input size, crop, mean, std)."""
+    from .models import get_model_config
+
+    cfg = get_model_config(args.model)
+    if args.image_resize is None:
+        args.image_resize = int(cfg.input_size[-1])
+    if args.crop_pct is None:
+        args.crop_pct = float(cfg.crop_pct)
+    if args.interpolation is None:
+        args.interpolation = cfg.interpolation
+    if args.mean is None:
+        args.mean = [round(m * 255, 4) for m in cfg.mean]
+    if args.std is None:
+        args.std = [round(s * 255, 4) for s in cfg.std]
+    if args.decay_epochs is None:
+        args.decay_epochs = max(1, args.epoch_size - args.warmup_epochs)
+    return args
+
+
+def config_to_yaml(args):
+    """The options of ``args`` as YAML, grouped like ``--help``, run invocations left out."""
+    values = vars(args)
+    lines = []
+    for group in GROUPS:
+        block = {o.name: values[o.name] for o in OPTIONS
+                 if o.group == group and o.name in values and o.name not in _NOT_SAVED}
+        if not block:
+            continue
+        lines.append(f"# {group}")
+        lines.append(yaml.dump(_plain(block), Dumper=_Dumper, sort_keys=False,
+                               default_flow_style=False).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block mappings, one option a line; lists inline (``scale: [0.08, 1.0]``)."""
+
+
+_Dumper.add_representer(list, lambda dumper, data: dumper.represent_sequence(
+    "tag:yaml.org,2002:seq", data, flow_style=True))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def save_config(args, path):
+    """Write the resolved options as YAML (atomically); the file is a valid ``--config``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(config_to_yaml(args))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,346 @@
+"""Training checkpoints: one MindSpore ``.ckpt`` holding everything a run needs to continue.
+
+A training checkpoint holds the network parameters under their own names (so any MindSpore
+loader reads it as plain weights), the optimizer state (``global_step``, ``moments.*``,
+``adam_m.*`` ...), the EMA weights (``ema.*``, ``ema_updates``), the loss-scale state and
+metadata (``meta.*``): format, epoch, global step, best top-1 and its epoch, model, whether
+EMA weights are present and the resolved config as YAML. Files are written to a temporary name and renamed, so a crash never leaves a
+truncated checkpoint under a real name.
+"""
+import logging
+import os
+import re
+import urllib.request
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import Tensor, nn
+
+__all__ = ["CheckpointError", "FORMAT", "CheckpointKeeper", "state_parameters",
+           "save_checkpoint_atomic", "read_checkpoint_meta", "load_training_state",
+           "load_weights", "pretrained_file"]
+
+FORMAT = "res2net_ms.train/1"
+_INT_META = ("epoch", "global_step", "best_epoch", "has_ema")
+_FLOAT_META = ("best_top1",)
+_STR_META = ("format", "model", "config")
+# Stored as "meta.<key>": the optimizer already has a parameter called "global_step".
+_PREFIX = "meta."
+META_KEYS = tuple(_PREFIX + k for k in _INT_META + _FLOAT_META + _STR_META)
+
+_logger = logging.getLogger("res2net_ms")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used for what was asked (missing, wrong model, no EMA)."""
+
+
+def state_parameters(network, optimizer=None, train_step=None, ema=None):
+    """Every Parameter a training checkpoint must hold, without duplicates.
+
+    The learning-rate table is left out: it is rebuilt from the config, and the position in
+    it is the optimizer's ``global_step``.
+    """
+    params, seen = [], set()
+
+    def add(p):
+        if p.name not in seen:
+            seen.add(p.name)
+            params.append(p)
+
+    for p in network.get_parameters():
+        add(p)
+    if optimizer is not None:
+        skip = {id(p) for p in network.get_parameters()}
+        lr = getattr(optimizer, "learning_rate", None)
+        skip |= {id(p) for p in lr.get_parameters()} if isinstance(lr, nn.Cell) else {id(lr)}
+        for _, p in optimizer.parameters_and_names():
+            if id(p) not in skip:
+                add(p)
+    if train_step is not None:
+        add(train_step.scale_sense)
+        add(train_step.good_steps)
+    if ema is not None:
+        for p in ema.ema_weights:
+            add(p)
+        add(ema.updates)
+    return params
+
+
+def save_checkpoint_atomic(path, params, meta):
+    """Write ``params`` and ``meta`` to ``path`` through a temporary file and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    # save_checkpoint appends ".ckpt" to other names, so the temporary name ends with it.
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp.ckpt")
+    append = {}
+    for key, value in meta.items():
+        if key in _INT_META:
+            value = int(value)
+        elif key in _FLOAT_META:
+            value = float(value)
+        else:
+            value = str(value)
+        append[_PREFIX + key] = value
+    ms.save_checkpoint([{"name": p.name, "data": p} for p in params], tmp, append_dict=append)
+    os.replace(tmp, path)
+    return path
+
+
+def _meta_from(param_dict):
+    meta = {}
+    for stored in META_KEYS:
+        if stored not in param_dict:
+            continue
+        key, value = stored[len(_PREFIX):], param_dict[stored]
+        if key in _STR_META:
+            meta[key] = str(value)
+        else:
+            number = value.asnumpy().item()
+            meta[key] = int(number) if key in _INT_META else float(number)
+    return meta
+
+
+def read_checkpoint_meta(path):
+    """The metadata of a training checkpoint, or None for any other file (or plain weights)."""
+    if not str(path).endswith(".ckpt") or not os.path.isfile(path):
+        return None
+    try:
+        values = ms.load_checkpoint(path, choice_func=lambda name: name in META_KEYS)
+    except (ValueError, RuntimeError):
+        return None
+    meta = _meta_from(values)
+    return meta if meta.get("format") == FORMAT else None
+
+
+def _load_dict(path):
+    try:
+        return ms.load_checkpoint(path)
+    except (ValueError, RuntimeError) as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"cannot read checkpoint '{path}': {detail}") from None
+
+
+def _assign(param, value):
+    data = value.asnumpy() if hasattr(value, "asnumpy") else np.asarray(value)
+    param.set_data(Tensor(data.reshape(param.shape), dtype=param.dtype))
+
+
+def load_training_state(path, params, model=None, num_classes=None):
+    """Load a training checkpoint into ``params`` (all of them must be there); return its meta.
+
+    Checks before touching anything that the file is a training checkpoint of the same model
+    and class count, so a wrong ``--resume`` fails with one clear message.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"resume checkpoint '{path}' does not exist")
+    values = _load_dict(path)
+    meta = _meta_from(values)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"'{path}' is not a training checkpoint of this project (no "
+                              f"optimizer state or epoch): use --ckpt_path to start from its "
+                              f"weights instead of --resume")
+    if model is not None and meta.get("model") != model:
+        raise CheckpointError(f"'{path}' was trained as {meta.get('model')}, not {model}")
+    missing = [p.name for p in params if p.name not in values]
+    if missing:
+        raise CheckpointError(f"'{path}' lacks {len(missing)} of the run's state entries (e.g. "
+                              f"{', '.join(missing[:3])}): was it saved with another model, "
+                              f"optimizer or EMA setting?")
+    wrong = [p for p in params if tuple(values[p.name].shape) != tuple(p.shape)]
+    if wrong:
+        p = wrong[0]
+        hint = f" (trained with another num_classes than {num_classes}?)" if num_classes else ""
+        raise CheckpointError(f"'{path}': {p.name} has shape {tuple(values[p.name].shape)}, the "
+                              f"run needs {tuple(p.shape)}{hint}")
+    for p in params:
+        _assign(p, values[p.name])
+    return meta
+
+
+def _classifier_names(network, model_name):
+    from ..models import get_model_config
+
+    prefix = get_model_config(model_name).classifier
+    return {f"{prefix}.weight", f"{prefix}.bias"}
+
+
+def _load_param_dict(network, values, path, model_name):
+    """Load network weights from a dict by exact names; a classifier of another size stays fresh."""
+    own = {p.name: p for p in network.get_parameters()}
+    notes = []
+    classifier = _classifier_names(network, model_name)
+    mismatched_head = [n for n in classifier
+                       if n in own and n in values and tuple(values[n].shape) != own[n].shape]
+    if mismatched_head:
+        weight = next(n for n in classifier if n.endswith("weight"))
+        found = values[weight].shape[0] if weight in values else "?"
+        notes.append(f"classifier re-initialised: the checkpoint has {found} classes, the model "
+                     f"{own[weight].shape[0]}")
+    skip = classifier if mismatched_head else set()
+    missing = [n for n in own if n not in values and n not in skip]
+    if missing:
+        raise CheckpointError(f"'{path}' lacks {len(missing)} weights of {model_name} (e.g. "
+                              f"{', '.join(missing[:3])}): is it a checkpoint of this model?")
+    wrong = [n for n in own if n not in skip and tuple(values[n].shape) != own[n].shape]
+    if wrong:
+        n = wrong[0]
+        raise CheckpointError(f"'{path}': {n} has shape {tuple(values[n].shape)}, {model_name} "
+                              f"needs {own[n].shape}")
+    for name, param in own.items():
+        if name not in skip:
+            _assign(param, values[name])
+    return notes
+
+
+def _file_classes(path):
+    """Class count of the classifier stored in a weights file, or None if not recognisable."""
+    try:
+        if path.endswith(".ckpt"):
+            values = ms.load_checkpoint(path)
+        else:
+            from ..convert.readers import load_any
+
+            values = load_any(path)
+    except Exception:  # noqa: BLE001 - only used for a log message
+        return None
+    for key, value in values.items():
+        shape = getattr(value, "shape", ())
+        if re.search(r"(^|\.)(fc|classifier|head\.fc)\.weight$", key) and len(shape) == 2:
+            return int(shape[0])
+    return None
+
+
+def load_weights(network, path, model_name, use_ema=False):
+    """Load weights for fine-tuning or evaluation; return notes for the log.
+
+    * A training checkpoint of this project: its network weights, or with ``use_ema`` its
+      ``ema.*`` weights.
+    * Any other file (converted ``.ckpt``, PyTorch ``.pth``, ``.safetensors``): through the
+      converter's ``res2net_ms.convert.load_into`` when available, else (``.ckpt`` only) by
+      exact parameter names.
+
+    A classifier whose size differs from the checkpoint's is re-initialised (fine-tuning to
+    another ``num_classes``), and the notes say so.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    meta = read_checkpoint_meta(path)
+    if meta is not None:
+        values = _load_dict(path)
+        if use_ema:
+            if not meta.get("has_ema"):
+                raise CheckpointError(f"'{path}' has no EMA weights: it was trained without "
+                                      f"--ema True; validate without --ema")
+            values = {k[len("ema."):]: v for k, v in values.items() if k.startswith("ema.")}
+        notes = _load_param_dict(network, values, path, model_name)
+        kind = "EMA weights" if use_ema else "weights"
+        return [f"loaded {kind} of epoch {meta.get('epoch')} from training checkpoint "
+                f"'{path}'"] + notes
+    if use_ema:
+        raise CheckpointError(f"'{path}' is not a training checkpoint with EMA weights; "
+                              f"evaluate it without --ema")
+    try:
+        from ..convert import load_into
+    except ImportError:
+        load_into = None
+    if load_into is None:
+        if not path.endswith(".ckpt"):
+            raise CheckpointError(f"reading '{path}' needs the converter "
+                                  f"(res2net_ms.convert.load_into), which is not available")
+        notes = _load_param_dict(network, _load_dict(path), path, model_name)
+        return [f"loaded weights from '{path}'"] + notes
+    file_classes = _file_classes(path)
+    try:
+        report = load_into(network, path, model_name=model_name)
+    except ValueError as exc:
+        raise CheckpointError(" ".join(str(exc).split())) from None
+    layout = getattr(report, "layout", None)
+    notes = [f"loaded weights from '{path}'" + (f" ({layout} layout)" if layout else "")]
+    notes += [n for n in getattr(report, "notes", []) if "classifier" not in n]
+    net_classes = getattr(network, "num_classes", None)
+    if file_classes is not None and net_classes and file_classes != net_classes:
+        notes.append(f"classifier re-initialised: the checkpoint has {file_classes} classes, "
+                     f"the model {net_classes}")
+    return notes
+
+
+def pretrained_file(model_name, cache_dir=None):
+    """The official PyTorch weights of ``model_name``, downloaded once into a cache folder."""
+    from ..models import get_model_config
+
+    cfg = get_model_config(model_name)
+    if not cfg.url:
+        raise CheckpointError(f"{cfg.name} has no published weights: train it from scratch or "
+                              f"pass --ckpt_path")
+    cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "res2net_ms")
+    target = os.path.join(cache_dir, cfg.weights)
+    if os.path.isfile(target):
+        return target
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f"{target}.{os.getpid()}.part"
+    _logger.info("downloading %s", cfg.url)
+    try:
+        urllib.request.urlretrieve(cfg.url, tmp)
+    except OSError as exc:
+        raise CheckpointError(f"cannot download {cfg.url}: {exc}; download it yourself and "
+                              f"pass --ckpt_path") from None
+    os.replace(tmp, target)
+    return target
+
+
+class CheckpointKeeper:
+    """Where and when checkpoints are written: ``last.ckpt`` every epoch, ``best.ckpt`` on a
+    new best validation top-1, and ``<model>-eNNNN.ckpt`` every ``interval`` epochs, of which
+    the newest ``keep_max`` are kept. Each is written once; the others are hard links to it
+    (a copy where links are not supported), so saving stays cheap and atomic.
+    """
+
+    def __init__(self, save_dir, model_name, interval=1, keep_max=10):
+        self.save_dir = save_dir
+        self.model_name = model_name
+        self.interval = interval
+        self.keep_max = keep_max
+        self._pattern = re.compile(re.escape(model_name) + r"-e(\d{4,})\.ckpt$")
+
+    @property
+    def last(self):
+        return os.path.join(self.save_dir, "last.ckpt")
+
+    @property
+    def best(self):
+        return os.path.join(self.save_dir, "best.ckpt")
+
+    def numbered(self, epoch):
+        return os.path.join(self.save_dir, f"{self.model_name}-e{epoch:04d}.ckpt")
+
+    def save(self, params, meta, epoch, is_best):
+        """Write this epoch's checkpoints; return the paths written."""
+        written = [save_checkpoint_atomic(self.last, params, meta)]
+        if is_best:
+            written.append(self._link(self.last, self.best))
+        if epoch % self.interval == 0:
+            written.append(self._link(self.last, self.numbered(epoch)))
+            self._prune()
+        return written
+
+    def _link(self, source, target):
+        tmp = os.path.join(self.save_dir, f".{os.path.basename(target)}.{os.getpid()}.tmp")
+        try:
+            os.link(source, tmp)
+        except OSError:
+            import shutil
+
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+        return target
+
+    def _prune(self):
+        found = []
+        for name in os.listdir(self.save_dir):
+            match = self._pattern.match(name)
+            if match:
+                found.append((int(match.group(1)), name))
+        for _, name in sorted(found)[:-self.keep_max]:
+            os.remove(os.path.join(self.save_dir, name))

@@ -1,0 +1,142 @@
+"""The compiled training step: loss, scaled gradients, reduction, clipping, update, EMA.
+
+One cell does the whole step so that graph mode compiles it once and the Python loop only
+feeds batches. Every piece of state it changes (loss scale, EMA weights, counters) is a
+Parameter, so a checkpoint of the cell's parameters is a complete training state.
+"""
+import mindspore as ms
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+
+__all__ = ["NetWithLoss", "EMA", "TrainStep"]
+
+_unscale = ops.MultitypeFuncGraph("unscale")
+_ema_update = ops.MultitypeFuncGraph("ema_update")
+
+
+@_unscale.register("Tensor", "Tensor")
+def _unscale_grad(inv_scale, grad):
+    return grad * ops.cast(inv_scale, grad.dtype)
+
+
+@_ema_update.register("Tensor", "Tensor", "Tensor")
+def _ema_assign(decay, ema_value, value):
+    return ops.assign(ema_value, ema_value * decay + ops.cast(value, ema_value.dtype) * (1 - decay))
+
+
+class NetWithLoss(nn.Cell):
+    """Network then loss; logits go to float32 first so that AMP O2/O3 losses stay accurate."""
+
+    def __init__(self, network, loss_fn):
+        super().__init__(auto_prefix=False)
+        self.network = network
+        self.loss_fn = loss_fn
+
+    def construct(self, images, labels):
+        logits = ops.cast(self.network(images), ms.float32)
+        return self.loss_fn(logits, labels)
+
+
+class EMA(nn.Cell):
+    """Exponential moving average of every network parameter, BN statistics included.
+
+    The decay warms up as ``decay * (1 - exp(-updates / 2000))`` (mindcv's rule), so early
+    averages follow the weights instead of the random initialisation. EMA parameters are
+    named ``ema.<name>``, as in mindcv training checkpoints.
+    """
+
+    def __init__(self, network, decay=0.9999):
+        super().__init__(auto_prefix=False)
+        self.decay = decay
+        self.weights = ParameterTuple(list(network.get_parameters()))
+        self.ema_weights = self.weights.clone(prefix="ema", init="same")
+        for p in self.ema_weights:
+            p.requires_grad = False
+        self.updates = Parameter(Tensor(0.0, ms.float32), name="ema_updates", requires_grad=False)
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self):
+        updates = ops.assign_add(self.updates, ops.ones_like(self.updates))
+        decay = self.decay * (1 - ops.exp(-updates / 2000))
+        return self.hyper_map(ops.partial(_ema_update, decay), self.ema_weights, self.weights)
+
+
+class TrainStep(nn.Cell):
+    """``loss = step(images, labels)``: one optimisation step.
+
+    Args:
+        net_with_loss: cell returning the scalar loss.
+        optimizer: a MindSpore optimizer over the trainable parameters.
+        loss_scale: the (initial) loss scale.
+        dynamic_loss_scale: shrink the scale by ``scale_factor`` on overflow, grow it after
+            ``scale_window`` good steps.
+        skip_overflow: skip updates whose gradients are not finite (always with a dynamic
+            scale; with a fixed one, mindcv's ``drop_overflow_update``).
+        clip_norm: clip gradients to this global norm (0: no clipping).
+        ema: an :class:`EMA` to update after every applied step, or None.
+        distributed: average gradients over the ranks (data parallel) before anything else.
+        group_size: number of ranks.
+
+    Returns ``(loss, finite, loss_scale)``: ``finite`` is False when the step was skipped.
+    """
+
+    def __init__(self, net_with_loss, optimizer, loss_scale=1.0, dynamic_loss_scale=False,
+                 scale_factor=2.0, scale_window=2000, skip_overflow=False, clip_norm=0.0,
+                 ema=None, distributed=False, group_size=1):
+        super().__init__(auto_prefix=False)
+        self.network = net_with_loss
+        self.optimizer = optimizer
+        self.weights = optimizer.parameters
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+        self.hyper_map = ops.HyperMap()
+        self.scale_sense = Parameter(Tensor(loss_scale, ms.float32), name="scale_sense",
+                                     requires_grad=False)
+        self.good_steps = Parameter(Tensor(0, ms.int32), name="loss_scale_good_steps",
+                                    requires_grad=False)
+        self.dynamic = dynamic_loss_scale
+        self.skip_overflow = skip_overflow or dynamic_loss_scale
+        self.scale_factor = scale_factor
+        self.scale_window = scale_window
+        self.clip = clip_norm > 0
+        self.clip_norm = clip_norm
+        self.ema = ema
+        self.use_ema = ema is not None
+        self.distributed = distributed
+        if distributed:
+            self.grad_reducer = nn.DistributedGradReducer(self.weights, mean=True,
+                                                          degree=group_size)
+        else:
+            self.grad_reducer = nn.Identity()
+
+    def _update_scale(self, finite):
+        """Dynamic loss scale: halve on overflow, double after ``scale_window`` good steps."""
+        scale = self.scale_sense
+        good = ops.select(finite, self.good_steps + 1, ops.zeros_like(self.good_steps))
+        grow = good >= self.scale_window
+        new_scale = ops.select(finite, ops.select(grow, scale * self.scale_factor, scale),
+                               ops.maximum(scale / self.scale_factor, ops.ones_like(scale)))
+        good = ops.select(grow, ops.zeros_like(good), good)
+        ops.assign(self.good_steps, good)
+        return ops.assign(self.scale_sense, new_scale)
+
+    def construct(self, images, labels):
+        loss = self.network(images, labels)
+        scale = self.scale_sense
+        sens = ops.fill(loss.dtype, loss.shape, ops.cast(scale, loss.dtype))
+        grads = self.grad(self.network, self.weights)(images, labels, sens)
+        grads = self.grad_reducer(grads)
+        grads = self.hyper_map(ops.partial(_unscale, ops.reciprocal(scale)), grads)
+        finite = ms.amp.all_finite(grads) if self.skip_overflow else ops.ones((), ms.bool_)
+        if self.clip:
+            grads = ops.clip_by_global_norm(grads, self.clip_norm)
+        if self.dynamic:
+            scale = self._update_scale(finite)
+        if self.skip_overflow:
+            if finite:
+                loss = ops.depend(loss, self.optimizer(grads))
+                if self.use_ema:
+                    loss = ops.depend(loss, self.ema())
+        else:
+            loss = ops.depend(loss, self.optimizer(grads))
+            if self.use_ema:
+                loss = ops.depend(loss, self.ema())
+        return loss, finite, scale

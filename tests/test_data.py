@@ -1,0 +1,154 @@
+"""ImageFolder checks, the digits writer and the mindcv-built loaders."""
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from res2net_ms.config import parse_args, resolve_model_defaults
+from res2net_ms.data import (DataError, build_transforms, check_imagefolder, create_eval_loader,
+                             create_train_loader, write_digits_imagefolder)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _image(path, size=8):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(np.zeros((size, size, 3), np.uint8)).save(path)
+
+
+def _folder(root, layout):
+    """layout: {split: {class: number of images}}"""
+    for split, classes in layout.items():
+        for name, count in classes.items():
+            os.makedirs(os.path.join(root, split, name), exist_ok=True)
+            for i in range(count):
+                _image(os.path.join(root, split, name, f"{i}.png"))
+    return str(root)
+
+
+def test_digits_folder(digits_dir):
+    info = check_imagefolder(digits_dir, 10)
+    assert info["classes"] == [str(i) for i in range(10)]
+    assert info["counts"] == {"train": 1437, "val": 360}
+    image = Image.open(os.path.join(digits_dir, "val", "3", sorted(
+        os.listdir(os.path.join(digits_dir, "val", "3")))[0]))
+    assert image.mode == "RGB" and image.size == (32, 32)
+
+
+def test_digits_split_is_fixed_by_seed(tmp_path, digits_dir):
+    again = write_digits_imagefolder(str(tmp_path / "d"), seed=0, size=8)
+    for split in ("train", "val"):
+        for label in ("0", "7"):
+            assert (sorted(os.listdir(os.path.join(again, split, label)))
+                    == sorted(os.listdir(os.path.join(digits_dir, split, label))))
+    other = write_digits_imagefolder(str(tmp_path / "e"), seed=1, size=8)
+    assert (sorted(os.listdir(os.path.join(other, "val", "0")))
+            != sorted(os.listdir(os.path.join(again, "val", "0"))))
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("case, match", [
+    ("no_data_dir", "data_dir is not set"),
+    ("missing_dir", "does not exist"),
+    ("missing_val", "split folder '.*val' is missing"),
+    ("no_classes", "has no class folders"),
+    ("empty_class", "empty class folder: .*train.b has no images"),
+    ("different_classes", "class folders differ between train/ and val/.*only in val/: c"),
+    ("num_classes", "num_classes is 5 but .* has 2 class folders .*set num_classes: 2"),
+])
+def test_bad_folders_raise_one_clear_error(tmp_path, case, match):
+    good = {"train": {"a": 2, "b": 2}, "val": {"a": 1, "b": 1}}
+    num_classes = 2
+    if case == "no_data_dir":
+        root = ""
+    elif case == "missing_dir":
+        root = str(tmp_path / "nothing")
+    elif case == "missing_val":
+        root = _folder(tmp_path, {"train": good["train"]})
+    elif case == "no_classes":
+        root = _folder(tmp_path, good)
+        shutil.rmtree(os.path.join(root, "val"))
+        os.makedirs(os.path.join(root, "val"))
+    elif case == "empty_class":
+        root = _folder(tmp_path, {"train": {"a": 2, "b": 0}, "val": {"a": 1, "b": 1}})
+        (tmp_path / "train" / "b" / "notes.txt").write_text("not an image")
+    elif case == "different_classes":
+        root = _folder(tmp_path, {"train": {"a": 2, "b": 2}, "val": {"a": 1, "b": 1, "c": 1}})
+    else:
+        root = _folder(tmp_path, good)
+        num_classes = 5
+    with pytest.raises(DataError, match=match) as info:
+        check_imagefolder(root, num_classes)
+    assert "\n" not in str(info.value)
+
+
+def _args(digits_dir, *extra):
+    return resolve_model_defaults(parse_args([
+        "--data_dir", digits_dir, "--num_classes", "10", "--image_resize", "24",
+        "--batch_size", "50", "--num_parallel_workers", "2", "--crop_pct", "0.75",
+        *extra]))
+
+
+def test_yaml_scale_reaches_the_crop(tmp_path, digits_dir):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("scale: [0.6, 1.0]\nratio: [0.8, 1.25]\nhflip: 0.0\n")
+    args = _args(digits_dir, "--config", str(cfg))
+    crop = build_transforms(args, True)[0]
+    assert type(crop).__name__ == "RandomCropDecodeResize"
+    assert tuple(crop.scale) == (0.6, 1.0) and tuple(crop.ratio) == (0.8, 1.25)
+    assert crop.size == (24, 24)
+    assert not any(type(t).__name__ == "RandomHorizontalFlip" for t in build_transforms(args, True))
+
+
+def test_eval_transform_resizes_by_crop_pct(digits_dir):
+    ops = build_transforms(_args(digits_dir), False)
+    names = [type(t).__name__ for t in ops]
+    assert names[:3] == ["Decode", "Resize", "CenterCrop"]
+    assert ops[1].py_size == 32                        # floor(24 / 0.75)
+    assert ops[2].size == (24, 24)
+
+
+def test_train_order_is_fixed_per_epoch(digits_dir):
+    args = _args(digits_dir, "--scale", "1", "1", "--ratio", "1", "1", "--hflip", "0")
+
+    def labels(epoch):
+        loader = create_train_loader(args, epoch)
+        return np.concatenate([b[1] for b in loader.create_tuple_iterator(
+            num_epochs=1, output_numpy=True)])
+
+    first = labels(0)
+    assert first.shape == (1400,)                     # 28 full batches of 50
+    assert np.array_equal(first, labels(0))
+    assert not np.array_equal(first, labels(1))
+
+
+def test_eval_shards_cover_every_image_once(digits_dir):
+    args = _args(digits_dir)
+    batches = list(create_eval_loader(args).create_tuple_iterator(num_epochs=1,
+                                                                 output_numpy=True))
+    single = np.concatenate([b[1] for b in batches])
+    assert single.shape == (360,) and batches[-1][0].shape == (10, 3, 24, 24)
+    shards = [np.concatenate([b[1] for b in create_eval_loader(args, r, 7).create_tuple_iterator(
+        num_epochs=1, output_numpy=True)]) for r in range(7)]
+    assert sum(len(s) for s in shards) == 360          # 52 + 6 x 51: uneven, nothing repeated
+    assert sorted(np.concatenate(shards).tolist()) == sorted(single.tolist())
+
+
+def test_bad_data_stops_the_cli_before_compiling(tmp_path):
+    root = _folder(tmp_path / "data", {"train": {"a": 2, "b": 2}, "val": {"a": 1}})
+    start = time.time()
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "train.py"), "--data_dir", root, "--num_classes",
+         "2", "--val_while_train", "True", "--ckpt_save_dir", str(tmp_path / "ck")],
+        capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: class folders differ between train/ and val/ in '{root}': only in train/: b; "
+        f"only in val/: none"]
+    assert not os.path.exists(tmp_path / "ck")
+    assert time.time() - start < 60

@@ -1,0 +1,173 @@
+"""Data-parallel training under msrun with 2 local CPU workers (MindSpore's CPU collectives)."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import mindspore as ms
+import numpy as np
+import pytest
+
+from res2net_ms.config import parse_args
+from res2net_ms.engine import validate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(REPO, "configs", "demo", "digits_cpu.yaml")
+LIGHT = ["--model_kwargs", "{layers: [1, 1, 1, 1]}", "--progress_bar", "off"]
+CLUSTER_TIMEOUT = 120
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def msrun(script, args, log_dir, workers=2, timeout=900):
+    """``msrun --worker_num=N --local_worker_num=N ... script args`` as the README shows it."""
+    bindir = os.path.dirname(sys.executable)
+    env = dict(os.environ, PATH=bindir + os.pathsep + os.environ.get("PATH", ""))
+    cmd = [os.path.join(bindir, "msrun"), f"--worker_num={workers}",
+           f"--local_worker_num={workers}", f"--master_port={free_port()}",
+           f"--log_dir={log_dir}", "--join=True", f"--cluster_time_out={CLUSTER_TIMEOUT}",
+           os.path.join(REPO, script), *args]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=timeout)
+    return proc, time.monotonic() - start
+
+
+def worker_log(log_dir, rank):
+    with open(os.path.join(log_dir, f"worker_{rank}.log"), errors="replace") as f:
+        return f.read()
+
+
+def metrics(save_dir):
+    with open(os.path.join(save_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def weights(path):
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()
+            if not isinstance(v, str)}
+
+
+@pytest.fixture(scope="module")
+def two_worker_run(digits_dir, tmp_path_factory):
+    """One epoch on 512 digits over 2 msrun workers; returns (process, save_dir, log_dir)."""
+    root = tmp_path_factory.mktemp("two_workers")
+    save_dir, log_dir = root / "ckpt", root / "logs"
+    proc, _ = msrun("train.py", ["--config", DEMO, "--distribute", "True", "--data_dir",
+                                 digits_dir, "--ckpt_save_dir", str(save_dir), *LIGHT,
+                                 "--epoch_size", "1", "--num_samples", "512",
+                                 "--log_interval", "4"], log_dir)
+    return proc, save_dir, log_dir
+
+
+def test_two_workers_train_and_report_what_validate_reports(two_worker_run, digits_dir):
+    proc, save_dir, log_dir = two_worker_run
+    assert proc.returncode == 0, worker_log(log_dir, 0)[-3000:] + worker_log(log_dir, 1)[-3000:]
+    assert sorted(os.listdir(save_dir)) == ["best.ckpt", "config.yaml", "last.ckpt",
+                                            "metrics.jsonl", "res2net50_26w_4s-e0001.ckpt",
+                                            "train.log"]
+    rank0, rank1 = worker_log(log_dir, 0), worker_log(log_dir, 1)
+    assert "2 rank(s)" in rank0 and "epoch 1/1" in rank0
+    assert "Traceback" not in rank1
+    (row,) = metrics(save_dir)
+    # 512 samples over 2 ranks at batch 32: 8 steps; validation covers the 360 images once.
+    assert row["global_step"] == 8 and row["val_images"] == 360
+    single = validate(parse_args(["--ckpt_path", str(save_dir / "best.ckpt"), "--data_dir",
+                                  digits_dir, "--progress_bar", "off"],
+                                 base_checkpoint="ckpt_path"))
+    assert single["images"] == 360
+    assert single["top1"] == row["val_top1"] and single["top5"] == row["val_top5"]
+
+
+def test_distributed_validate_counts_uneven_shards_once(two_worker_run, digits_dir, tmp_path):
+    _, save_dir, _ = two_worker_run
+    data = tiny_split(digits_dir, tmp_path / "data", per_class=1, val_per_class=7)
+    zeros = os.path.join(data, "val", "0")
+    os.remove(os.path.join(zeros, sorted(os.listdir(zeros))[0]))  # 69 images: uneven shards
+    ckpt = str(save_dir / "best.ckpt")
+    common = ["--ckpt_path", ckpt, "--data_dir", data, "--batch_size", "16"]
+    proc, _ = msrun("validate.py", [*common, "--distribute", "True"], tmp_path / "logs")
+    assert proc.returncode == 0, worker_log(tmp_path / "logs", 0)[-3000:]
+    line = [ln for ln in worker_log(tmp_path / "logs", 0).splitlines() if "top-1:" in ln][-1]
+    assert "(69 images)" in line
+    single = validate(parse_args(common, base_checkpoint="ckpt_path"))
+    assert single["images"] == 69
+    assert f"top-1: {single['top1']:.2f}%" in line and f"top-5: {single['top5']:.2f}%" in line
+
+
+def tiny_split(digits_dir, root, per_class, val_per_class=2):
+    """A copy of digits with ``per_class`` training images per class (no shuffle needed)."""
+    for split, count in (("train", per_class), ("val", val_per_class)):
+        for cls in sorted(os.listdir(os.path.join(digits_dir, split))):
+            src = os.path.join(digits_dir, split, cls)
+            dst = os.path.join(root, split, cls)
+            os.makedirs(dst)
+            for name in sorted(os.listdir(src))[:count]:
+                shutil.copy(os.path.join(src, name), dst)
+    return str(root)
+
+
+def test_one_step_on_two_workers_equals_one_step_on_one(digits_dir, tmp_path):
+    """2 ranks x batch 8 and 1 rank x batch 16 over the same 16 images give the same weights.
+
+    BN is kept in inference mode (norm_eval): with batch statistics each rank would normalise
+    by its own 8 images, which is a different computation from normalising by all 16. The
+    crop covers the whole image, so no augmentation randomness differs between the runs.
+    """
+    data = tiny_split(digits_dir, tmp_path / "data", per_class=2)  # 10 classes x 2 = 20
+    common = ["--config", DEMO, "--data_dir", data, *LIGHT, "--epoch_size", "1",
+              "--num_samples", "16", "--shuffle", "False", "--norm_eval", "True",
+              "--scale", "1", "1", "--ratio", "1", "1", "--opt", "momentum", "--lr", "0.5",
+              "--warmup_epochs", "0", "--weight_decay", "0", "--val_while_train", "False",
+              "--deterministic", "True"]
+    proc, _ = msrun("train.py", [*common, "--distribute", "True", "--batch_size", "8",
+                                 "--ckpt_save_dir", str(tmp_path / "two")], tmp_path / "logs")
+    assert proc.returncode == 0, worker_log(tmp_path / "logs", 0)[-3000:]
+    single = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *common,
+                             "--batch_size", "16", "--ckpt_save_dir", str(tmp_path / "one")],
+                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    two, one = weights(tmp_path / "two" / "last.ckpt"), weights(tmp_path / "one" / "last.ckpt")
+    assert two["global_step"] == one["global_step"] == 1
+    initial = weights_of_fresh_network()
+    moved = 0
+    for name, value in initial.items():
+        np.testing.assert_allclose(two[name], one[name], rtol=0, atol=1e-5, err_msg=name)
+        moved += not np.allclose(one[name], value)
+    assert moved > 10, "the step did not change the weights"
+
+
+def weights_of_fresh_network():
+    """The initial weights both runs start from (same seed), for a did-it-move check."""
+    from res2net_ms.engine.trainer import _seed_everything, build_network
+
+    args = parse_args(["--config", DEMO, *LIGHT])
+    _seed_everything(args.seed)
+    net = build_network(args)
+    return {p.name: p.asnumpy() for p in net.trainable_params()}
+
+
+def test_a_failing_worker_fails_the_job(digits_dir, tmp_path):
+    """A corrupt image read by one rank crashes it; msrun ends the job non-zero, no hang."""
+    data = tiny_split(digits_dir, tmp_path / "data", per_class=8)
+    victim = os.path.join(data, "train", "3")
+    for name in sorted(os.listdir(victim))[:1]:
+        with open(os.path.join(victim, name), "wb") as f:
+            f.write(b"\x89PNG\r\n\x1a\n this is not an image")
+    log_dir = tmp_path / "logs"
+    proc, seconds = msrun("train.py", ["--config", DEMO, "--distribute", "True", "--data_dir",
+                                       data, *LIGHT, "--epoch_size", "1", "--batch_size", "4",
+                                       "--shuffle", "False", "--ckpt_save_dir",
+                                       str(tmp_path / "ckpt")], log_dir)
+    assert proc.returncode != 0
+    assert seconds < CLUSTER_TIMEOUT + 180
+    logs = worker_log(log_dir, 0) + worker_log(log_dir, 1)
+    assert "error" in logs.lower() and ("decode" in logs.lower() or "image" in logs.lower())
+    assert not (tmp_path / "ckpt" / "last.ckpt").exists()

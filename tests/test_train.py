@@ -1,0 +1,237 @@
+"""Real training on the digits ImageFolder (32 px, 2 CPU cores).
+
+A one-block-per-stage Res2Net-50 keeps this file to a few minutes; every other setting comes
+from the demo config, so these runs also exercise it.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import mindspore as ms
+
+from res2net_ms.config import parse_args
+from res2net_ms.engine import load_weights, read_checkpoint_meta, train, validate
+from res2net_ms.engine.trainer import build_network
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(REPO, "configs", "demo", "digits_cpu.yaml")
+LIGHT = ["--model_kwargs", "{layers: [1, 1, 1, 1]}", "--progress_bar", "off",
+         "--log_interval", "1000"]
+
+
+def _args(digits_dir, save_dir, *extra, base="resume"):
+    return parse_args(["--config", DEMO, "--data_dir", digits_dir, "--ckpt_save_dir",
+                       str(save_dir), *LIGHT, *extra], base_checkpoint=base)
+
+
+def _metrics(save_dir):
+    with open(os.path.join(save_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _ckpt(path):
+    return {k: v for k, v in ms.load_checkpoint(str(path)).items() if not isinstance(v, str)}
+
+
+@pytest.fixture(scope="module")
+def trained(digits_dir, tmp_path_factory):
+    """Three epochs on all of digits with EMA and numbered checkpoints (two kept)."""
+    save_dir = tmp_path_factory.mktemp("trained")
+    summary = train(_args(digits_dir, save_dir, "--epoch_size", "3", "--ema", "True",
+                          "--keep_checkpoint_max", "2"))
+    return summary, str(save_dir)
+
+
+def test_training_learns_and_writes_its_files(trained):
+    summary, save_dir = trained
+    rows = _metrics(save_dir)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["train_loss"] < 0.6 * rows[0]["train_loss"]
+    assert rows[-1]["val_top1"] >= 85.0, rows
+    assert summary["best_top1"] == max(r["val_top1"] for r in rows)
+    files = sorted(os.listdir(save_dir))
+    assert files == ["best.ckpt", "config.yaml", "last.ckpt", "metrics.jsonl",
+                     "res2net50_26w_4s-e0002.ckpt", "res2net50_26w_4s-e0003.ckpt", "train.log"]
+    state = ms.load_checkpoint(os.path.join(save_dir, "last.ckpt"))
+    for key in ("conv1.weight", "fc.weight", "layer1.0.bn1.moving_mean", "global_step",
+                "adam_m.fc.weight", "adam_v.conv1.weight", "ema.fc.weight",
+                "ema.layer1.0.bn1.moving_mean", "ema_updates", "scale_sense"):
+        assert key in state, key
+    assert "learning_rate" not in state          # rebuilt from the config on resume
+    meta = read_checkpoint_meta(os.path.join(save_dir, "last.ckpt"))
+    assert (meta["epoch"], meta["global_step"], meta["has_ema"]) == (3, 3 * 44, 1)
+    assert "model: res2net50_26w_4s" in meta["config"]
+    with open(os.path.join(save_dir, "train.log")) as f:
+        log = f.read()
+    assert "epoch 3/3" in log and "val (EMA) top-1" in log
+
+
+def test_validate_reproduces_the_training_number(trained):
+    summary, save_dir = trained
+    best = os.path.join(save_dir, "best.ckpt")
+    row = next(r for r in _metrics(save_dir) if r["epoch"] == summary["best_epoch"])
+    # No --config: validate.py takes the run's config (EMA included) from the checkpoint.
+    result = validate(parse_args(["--ckpt_path", best, "--progress_bar", "off"],
+                                 base_checkpoint="ckpt_path"))
+    assert result["images"] == 360
+    assert result["top1"] == row["val_top1"] and result["top5"] == row["val_top5"]
+    assert result["loss"] == pytest.approx(row["val_loss"], rel=1e-5)
+    raw = validate(parse_args(["--ckpt_path", best, "--ema", "False"],
+                              base_checkpoint="ckpt_path"))
+    assert raw["images"] == 360 and raw["top1"] > 50
+
+
+def test_resume_continues_exactly(digits_dir, tmp_path):
+    """Epoch 1's checkpoint of a 2-epoch run, resumed under another name, ends where the
+    uninterrupted run ended: weights, BN statistics, optimizer moments, EMA, step."""
+    deterministic = ["--deterministic", "True", "--scale", "1", "1", "--ratio", "1", "1",
+                     "--num_samples", "320", "--epoch_size", "2", "--ema", "True"]
+    full = tmp_path / "full"
+    train(_args(digits_dir, full, *deterministic))
+    renamed = tmp_path / "some name.ckpt"
+    shutil.copyfile(full / "res2net50_26w_4s-e0001.ckpt", renamed)
+    resumed = tmp_path / "resumed"
+    summary = train(_args(digits_dir, resumed, *deterministic, "--resume", str(renamed)))
+    assert summary["global_step"] == 20
+    a, b = _ckpt(full / "last.ckpt"), _ckpt(resumed / "last.ckpt")
+    assert sorted(a) == sorted(b)
+    for key in a:
+        np.testing.assert_array_equal(a[key].asnumpy(), b[key].asnumpy(), err_msg=key)
+    assert [r["epoch"] for r in _metrics(resumed)] == [2]
+    assert _metrics(resumed)[0]["val_top1"] == _metrics(full)[1]["val_top1"]
+    assert _metrics(resumed)[0]["lr"] == _metrics(full)[1]["lr"]
+
+
+def test_resume_rejects_plain_weights(digits_dir, tmp_path):
+    net = build_network(parse_args(["--num_classes", "10", "--model_kwargs",
+                                    "{layers: [1, 1, 1, 1]}"]))
+    plain = str(tmp_path / "weights.ckpt")
+    ms.save_checkpoint(net, plain)
+    from res2net_ms.engine import CheckpointError
+
+    with pytest.raises(CheckpointError, match="not a training checkpoint.*--ckpt_path"):
+        train(_args(digits_dir, tmp_path / "run", "--resume", plain))
+    assert not os.path.exists(tmp_path / "run")
+
+
+def _five_class_folder(digits_dir, root):
+    for split in ("train", "val"):
+        for label in range(5):
+            os.makedirs(os.path.join(root, split), exist_ok=True)
+            os.symlink(os.path.join(digits_dir, split, str(label)),
+                       os.path.join(root, split, str(label)))
+    return str(root)
+
+
+def test_finetune_other_num_classes_with_frozen_stem(trained, digits_dir, tmp_path, capsys):
+    _, save_dir = trained
+    source = os.path.join(save_dir, "best.ckpt")
+    data = _five_class_folder(digits_dir, tmp_path / "five")
+    out = tmp_path / "ft"
+    summary = train(_args(data, out, "--ckpt_path", source, "--num_classes", "5",
+                          "--epoch_size", "1", "--warmup_epochs", "0", "--lr", "0.0005",
+                          "--frozen_stages", "1", "--ema", "False"))
+    log = capsys.readouterr().out
+    assert "classifier re-initialised: the checkpoint has 10 classes, the model 5" in log
+    assert summary["best_top1"] >= 90.0
+    before, after = _ckpt(source), _ckpt(os.path.join(out, "last.ckpt"))
+    assert after["fc.weight"].shape == (5, 2048)
+    for key in ("conv1.weight", "layer1.0.convs.0.weight", "layer1.0.bn1.moving_mean"):
+        np.testing.assert_array_equal(before[key].asnumpy(), after[key].asnumpy(), err_msg=key)
+    assert not np.array_equal(before["layer3.0.conv1.weight"].asnumpy(),
+                              after["layer3.0.conv1.weight"].asnumpy())
+
+
+def test_weights_from_plain_and_pytorch_files(tmp_path):
+    light = ["--model_kwargs", "{layers: [1, 1, 1, 1]}"]
+    source = build_network(parse_args(["--num_classes", "10", *light]))
+    plain = str(tmp_path / "plain.ckpt")
+    ms.save_checkpoint(source, plain)
+    target = build_network(parse_args(["--num_classes", "3", *light]))
+    notes = load_weights(target, plain, "res2net50_26w_4s")
+    assert any("re-initialised: the checkpoint has 10 classes, the model 3" in n for n in notes)
+    np.testing.assert_array_equal(target.conv1.weight.asnumpy(), source.conv1.weight.asnumpy())
+    assert target.fc.weight.shape == (3, 2048)
+
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    try:
+        from res2net_ms.convert import load_into  # noqa: F401
+    except ImportError:
+        pytest.skip("res2net_ms.convert.load_into is not there yet")
+    reference = timm.create_model("res2net50_26w_4s", pretrained=False)
+    pth = str(tmp_path / "timm.pth")
+    torch.save(reference.state_dict(), pth)
+    net = build_network(parse_args(["--num_classes", "10"]))
+    notes = load_weights(net, pth, "res2net50_26w_4s")
+    assert any("re-initialised: the checkpoint has 1000 classes, the model 10" in n
+               for n in notes)
+    np.testing.assert_allclose(net.conv1.weight.asnumpy(),
+                               reference.conv1.weight.detach().numpy(), rtol=0, atol=0)
+
+
+def test_cli_train_then_validate(digits_dir, tmp_path):
+    """The scripts themselves: train.py for one short epoch, then validate.py on its best
+    checkpoint (config read from the checkpoint) prints the number training reported."""
+    save_dir = tmp_path / "cli"
+    train_proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "train.py"), "--config", DEMO, "--data_dir",
+         digits_dir, "--ckpt_save_dir", str(save_dir), *LIGHT, "--epoch_size", "1",
+         "--num_samples", "320"], capture_output=True, text=True, cwd=str(tmp_path),
+        timeout=300)
+    assert train_proc.returncode == 0, train_proc.stderr
+    assert "Exception ignored" not in train_proc.stderr
+    assert "epoch 1/1" in train_proc.stdout
+    reported = _metrics(save_dir)[0]["val_top1"]
+    val_proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "validate.py"), "--ckpt_path",
+         str(save_dir / "best.ckpt")], capture_output=True, text=True, cwd=str(tmp_path),
+        timeout=300)
+    assert val_proc.returncode == 0, val_proc.stderr
+    assert "Exception ignored" not in val_proc.stderr
+    top1 = float(re.search(r"top-1: ([0-9.]+)%", val_proc.stdout).group(1))
+    assert top1 == round(reported, 2)
+
+
+@pytest.mark.parametrize("extra", [
+    ["--amp_level", "O2", "--loss_scale", "1e30", "--loss_scale_type", "dynamic",
+     "--loss_scale_factor", "1e10", "--clip_grad", "True", "--clip_value", "1.0",
+     "--mixup", "0.2", "--cutmix", "1.0", "--cutmix_prob", "0.5", "--color_jitter", "0.4",
+     "--re_prob", "0.25", "--opt", "momentum", "--lr", "0.01", "--scheduler", "step_decay",
+     "--decay_epochs", "1"],
+    ["--mode", "1"],
+], ids=["graph-amp-dynamic-scale-clip-mixup", "pynative"])
+def test_training_options_run(digits_dir, tmp_path, extra):
+    save_dir = tmp_path / "run"
+    train(_args(digits_dir, save_dir, "--epoch_size", "1", "--num_samples", "128",
+                "--warmup_epochs", "0", *extra))
+    row = _metrics(save_dir)[0]
+    assert row["global_step"] == 4 and row["val_images"] == 360
+    if "dynamic" in extra:
+        # 1e30 overflows float16: steps are skipped until the scale has come down.
+        assert row["skipped_steps"] >= 1 and row["loss_scale"] < 1e30
+        assert row["train_loss"] is not None
+
+
+def test_distribute_without_launcher_is_refused(digits_dir):
+    from res2net_ms.config import ConfigError
+
+    recipe = os.path.join(REPO, "configs", "res2net", "res2net50_26w_4s_ascend.yaml")
+    with pytest.raises(ConfigError, match="no launcher started this process"):
+        train(parse_args(["--config", recipe, "--data_dir", digits_dir]))
+
+
+def test_pretrained_weights_come_from_the_cache(tmp_path):
+    from res2net_ms.engine.checkpoint import CheckpointError, pretrained_file
+
+    cached = tmp_path / "res2net50_26w_4s-06e79181.pth"
+    cached.write_bytes(b"")
+    assert pretrained_file("res2net50", cache_dir=str(tmp_path)) == str(cached)
+    with pytest.raises(CheckpointError, match="no published weights"):
+        pretrained_file("res2net152_26w_4s", cache_dir=str(tmp_path))
