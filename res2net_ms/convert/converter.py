@@ -54,7 +54,7 @@ def read_state(path):
         except Exception as exc:  # MindSpore raises several types with multi-line messages
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointFormatError(f"{path}: not a readable MindSpore checkpoint ({first})")
-        return {k: v.asnumpy() for k, v in params.items()}
+        return {k: v.asnumpy() for k, v in params.items() if hasattr(v, "asnumpy")}
     obj = load_any(path)
     for _ in range(3):  # unwrap {'state_dict': ...}, {'model': ...}, mmengine {'meta', ...}
         if isinstance(obj, dict) and not _is_state(obj):
@@ -270,10 +270,9 @@ def load_into(net, path, model_name="?", use_ema=False):
     weights, report = map_to_network(state, param_shapes(net), source_name=str(path),
                                      model_name=model_name)
     check_strict(report, state)
-    reinit = report.dropped.get("classifier (other num_classes)")
-    if reinit:
-        report.notes.append(f"classifier not loaded (checkpoint shape differs from "
-                            f"num_classes={net.num_classes}): re-initialised")
+    if report.dropped.get("classifier (other num_classes)"):
+        report.notes.append(f"classifier re-initialised: the checkpoint has "
+                            f"{_head_rows(state)} classes, the model {net.num_classes}")
     params = {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in weights.items()}
     not_loaded, _ = ms.load_param_into_net(net, params, strict_load=True)
     if any(not n.startswith("fc.") for n in not_loaded):

@@ -15,8 +15,8 @@ BN_TO_TORCH = {v: k for k, v in BN_TO_MS.items()}
 # Entries of MindSpore training checkpoints that are not network weights.
 _MS_TRAINING_EXTRAS = re.compile(
     r"^(moments|accum|moment1|moment2|ema|adam_m|adam_v|global_step|learning_rate|momentum|"
-    r"scale_sense|updates|beta1_power|beta2_power|current_iterator_step|"
-    r"last_overflow_iterator_step|epoch_num|step_num)(\.|$)")
+    r"scale_sense|updates|beta1_power|beta2_power|current_iterator_step|meta|ema_updates|"
+    r"loss_scale_good_steps|last_overflow_iterator_step|epoch_num|step_num)(\.|$)")
 
 _MMPRETRAIN_STEM = {"stem.0.conv": "conv1.0", "stem.0.bn": "conv1.1", "stem.1.conv": "conv1.3",
                     "stem.1.bn": "conv1.4", "stem.2.conv": "conv1.6", "stem.2.bn": "bn1"}

@@ -159,111 +159,32 @@ def load_training_state(path, params, model=None, num_classes=None):
     return meta
 
 
-def _classifier_names(network, model_name):
-    from ..models import get_model_config
-
-    prefix = get_model_config(model_name).classifier
-    return {f"{prefix}.weight", f"{prefix}.bias"}
-
-
-def _load_param_dict(network, values, path, model_name):
-    """Load network weights from a dict by exact names; a classifier of another size stays fresh."""
-    own = {p.name: p for p in network.get_parameters()}
-    notes = []
-    classifier = _classifier_names(network, model_name)
-    mismatched_head = [n for n in classifier
-                       if n in own and n in values and tuple(values[n].shape) != own[n].shape]
-    if mismatched_head:
-        weight = next(n for n in classifier if n.endswith("weight"))
-        found = values[weight].shape[0] if weight in values else "?"
-        notes.append(f"classifier re-initialised: the checkpoint has {found} classes, the model "
-                     f"{own[weight].shape[0]}")
-    skip = classifier if mismatched_head else set()
-    missing = [n for n in own if n not in values and n not in skip]
-    if missing:
-        raise CheckpointError(f"'{path}' lacks {len(missing)} weights of {model_name} (e.g. "
-                              f"{', '.join(missing[:3])}): is it a checkpoint of this model?")
-    wrong = [n for n in own if n not in skip and tuple(values[n].shape) != own[n].shape]
-    if wrong:
-        n = wrong[0]
-        raise CheckpointError(f"'{path}': {n} has shape {tuple(values[n].shape)}, {model_name} "
-                              f"needs {own[n].shape}")
-    for name, param in own.items():
-        if name not in skip:
-            _assign(param, values[name])
-    return notes
-
-
-def _file_classes(path):
-    """Class count of the classifier stored in a weights file, or None if not recognisable."""
-    try:
-        if path.endswith(".ckpt"):
-            values = ms.load_checkpoint(path)
-        else:
-            from ..convert.readers import load_any
-
-            values = load_any(path)
-    except Exception:  # noqa: BLE001 - only used for a log message
-        return None
-    for key, value in values.items():
-        shape = getattr(value, "shape", ())
-        if re.search(r"(^|\.)(fc|classifier|head\.fc)\.weight$", key) and len(shape) == 2:
-            return int(shape[0])
-    return None
-
-
 def load_weights(network, path, model_name, use_ema=False):
-    """Load weights for fine-tuning or evaluation; return notes for the log.
+    """Load weights for fine-tuning or evaluation through the converter; return log notes.
 
-    * A training checkpoint of this project: its network weights, or with ``use_ema`` its
-      ``ema.*`` weights.
-    * Any other file (converted ``.ckpt``, PyTorch ``.pth``, ``.safetensors``): through the
-      converter's ``res2net_ms.convert.load_into`` when available, else (``.ckpt`` only) by
-      exact parameter names.
-
-    A classifier whose size differs from the checkpoint's is re-initialised (fine-tuning to
-    another ``num_classes``), and the notes say so.
+    Reads training checkpoints of this project (their ``ema.*`` weights with ``use_ema``),
+    converted ``.ckpt`` files and PyTorch/safetensors/mindcv files alike. A classifier whose
+    size differs from the checkpoint's is re-initialised (fine-tuning to another
+    ``num_classes``), and the notes say so.
     """
+    from ..convert import load_into
+
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     meta = read_checkpoint_meta(path)
-    if meta is not None:
-        values = _load_dict(path)
-        if use_ema:
-            if not meta.get("has_ema"):
-                raise CheckpointError(f"'{path}' has no EMA weights: it was trained without "
-                                      f"--ema True; validate without --ema")
-            values = {k[len("ema."):]: v for k, v in values.items() if k.startswith("ema.")}
-        notes = _load_param_dict(network, values, path, model_name)
-        kind = "EMA weights" if use_ema else "weights"
-        return [f"loaded {kind} of epoch {meta.get('epoch')} from training checkpoint "
-                f"'{path}'"] + notes
-    if use_ema:
-        raise CheckpointError(f"'{path}' is not a training checkpoint with EMA weights; "
-                              f"evaluate it without --ema")
+    if use_ema and not (meta or {}).get("has_ema"):
+        raise CheckpointError(f"'{path}' has no EMA weights (not a training checkpoint made "
+                              f"with --ema True): evaluate it with --ema False")
     try:
-        from ..convert import load_into
-    except ImportError:
-        load_into = None
-    if load_into is None:
-        if not path.endswith(".ckpt"):
-            raise CheckpointError(f"reading '{path}' needs the converter "
-                                  f"(res2net_ms.convert.load_into), which is not available")
-        notes = _load_param_dict(network, _load_dict(path), path, model_name)
-        return [f"loaded weights from '{path}'"] + notes
-    file_classes = _file_classes(path)
-    try:
-        report = load_into(network, path, model_name=model_name)
+        report = load_into(network, path, model_name=model_name, use_ema=use_ema)
     except ValueError as exc:
         raise CheckpointError(" ".join(str(exc).split())) from None
-    layout = getattr(report, "layout", None)
-    notes = [f"loaded weights from '{path}'" + (f" ({layout} layout)" if layout else "")]
-    notes += [n for n in getattr(report, "notes", []) if "classifier" not in n]
-    net_classes = getattr(network, "num_classes", None)
-    if file_classes is not None and net_classes and file_classes != net_classes:
-        notes.append(f"classifier re-initialised: the checkpoint has {file_classes} classes, "
-                     f"the model {net_classes}")
-    return notes
+    if meta is not None:
+        source = (f"{'EMA weights' if use_ema else 'weights'} of epoch {meta.get('epoch')} "
+                  f"from training checkpoint '{path}'")
+    else:
+        source = f"weights from '{path}' ({report.layout} layout)"
+    return [f"loaded {source}"] + report.notes
 
 
 def pretrained_file(model_name, cache_dir=None):

@@ -12,7 +12,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-__all__ = ["EvalNet", "evaluate"]
+__all__ = ["EvalNet", "evaluate", "sum_over_ranks", "average_bn_statistics"]
 
 
 class EvalNet(nn.Cell):
@@ -43,6 +43,29 @@ class _AllReduceSum(nn.Cell):
         return self.reduce(x)
 
 
+def sum_over_ranks(values):
+    """Element-wise sum of a float array over all ranks (one AllReduce, one compile)."""
+    values = np.asarray(values, dtype=np.float32)
+    return _AllReduceSum()(Tensor(values.ravel())).asnumpy().reshape(values.shape)
+
+
+def average_bn_statistics(params, group_size):
+    """Average BN running statistics over the ranks (timm's ``--dist-bn reduce``).
+
+    Data parallelism keeps the weights equal on every rank, but each BN updates its running
+    statistics from its own rank's batches: without this, the ranks would validate different
+    networks and the checkpoint (rank 0's) would not be the network that was validated.
+    """
+    stats = [p for p in params if "moving_" in p.name]
+    if not stats:
+        return
+    total = sum_over_ranks(np.concatenate([p.asnumpy().ravel() for p in stats])) / group_size
+    offset = 0
+    for p in stats:
+        p.set_data(Tensor(total[offset:offset + p.size].reshape(p.shape), p.dtype))
+        offset += p.size
+
+
 def evaluate(eval_net, loader, batch_size, distributed=False):
     """Evaluate an :class:`EvalNet` (put in inference mode here) on every batch of ``loader``.
 
@@ -71,7 +94,7 @@ def evaluate(eval_net, loader, batch_size, distributed=False):
             steady_images += n
     end = time.perf_counter()
     if distributed:
-        sums = _AllReduceSum()(Tensor(sums.astype(np.float32))).asnumpy().astype(np.float64)
+        sums = sum_over_ranks(sums).astype(np.float64)
     network.set_train(was_training)
     count = int(round(sums[3]))
     if steady_images:

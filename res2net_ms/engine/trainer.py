@@ -50,7 +50,8 @@ def setup_context(args):
     """
     import mindspore as ms
 
-    if args.device_target != "auto":
+    # MindSpore refuses set_device once a kernel has run, even to the same device.
+    if args.device_target not in ("auto", ms.get_context("device_target")):
         ms.set_device(args.device_target)
     args.device_target = ms.get_context("device_target")
     if args.amp_level == "auto":
@@ -306,7 +307,7 @@ def train(args):
     from mindcv.scheduler import create_scheduler
     from mindcv.utils.amp import auto_mixed_precision
 
-    from .evaluation import EvalNet, evaluate
+    from .evaluation import EvalNet, average_bn_statistics, evaluate
     from .train_step import EMA, NetWithLoss, TrainStep
 
     _seed_everything(args.seed)
@@ -390,6 +391,8 @@ def train(args):
         epoch_start = time.perf_counter()
         stats = _run_epoch(train_step, loader, progress, lr_values, global_step)
         progress.end_epoch()
+        if group_size > 1:
+            average_bn_statistics(params, group_size)
         global_step, lr, losses, skipped = (stats["global_step"], stats["lr"], stats["losses"],
                                             stats["skipped"])
         train_seconds = time.perf_counter() - epoch_start
