@@ -215,18 +215,28 @@ def _head_rows(state):
     return None
 
 
-def save_ckpt(weights, path):
-    """Write ``{name: array}`` as a MindSpore checkpoint, atomically (temp file, then rename)."""
+def save_ckpt(weights, path, append_dict=None):
+    """Write ``{name: array or Tensor}`` as a MindSpore checkpoint, atomically.
+
+    The file is written under a temporary name in the same folder, then renamed, so a crash
+    never leaves a truncated checkpoint under the real name. ``append_dict`` holds extra
+    scalar/string entries (training metadata).
+    """
     import mindspore as ms
 
     path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}.ckpt"
+    folder, name = os.path.split(os.path.abspath(path))
+    # save_checkpoint appends ".ckpt" to other names, so the temporary name ends with it.
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp.ckpt")
+    items = [{"name": k, "data": v if isinstance(v, ms.Tensor) else ms.Tensor(v)}
+             for k, v in weights.items()]
     try:
-        ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in weights.items()], tmp)
+        ms.save_checkpoint(items, tmp, append_dict=append_dict)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    return path
 
 
 def export_torch(ckpt, out, model_name=None):

@@ -70,10 +70,9 @@ def state_parameters(network, optimizer=None, train_step=None, ema=None):
 
 def save_checkpoint_atomic(path, params, meta):
     """Write ``params`` and ``meta`` to ``path`` through a temporary file and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    # save_checkpoint appends ".ckpt" to other names, so the temporary name ends with it.
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp.ckpt")
+    from ..convert import save_ckpt
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     append = {}
     for key, value in meta.items():
         if key in _INT_META:
@@ -83,9 +82,7 @@ def save_checkpoint_atomic(path, params, meta):
         else:
             value = str(value)
         append[_PREFIX + key] = value
-    ms.save_checkpoint([{"name": p.name, "data": p} for p in params], tmp, append_dict=append)
-    os.replace(tmp, path)
-    return path
+    return save_ckpt({p.name: p for p in params}, path, append_dict=append)
 
 
 def _meta_from(param_dict):
