@@ -172,7 +172,20 @@ class _Progress:
 
 def _run_epoch(train_step, loader, progress, lr_values, global_step):
     """Feed one epoch of batches to the compiled step; return its statistics."""
-    losses, pending, skipped, scale, lr, index, synced = [], [], 0, None, 0.0, 0, 0
+    losses, pending, scale, lr, index, synced = [], [], None, 0.0, 0, 0
+
+    def drain():
+        """Read the losses of the steps run since the last sync (this waits for the device)."""
+        skipped_now = 0
+        for loss_t, finite_t in pending:
+            if bool(finite_t.asnumpy()):
+                losses.append(float(loss_t.asnumpy()))
+            else:
+                skipped_now += 1
+        pending.clear()
+        return skipped_now
+
+    skipped = 0
     for index, (images, labels) in enumerate(loader.create_tuple_iterator(num_epochs=1),
                                              start=1):
         lr = float(lr_values[min(global_step, len(lr_values) - 1)])
@@ -180,20 +193,11 @@ def _run_epoch(train_step, loader, progress, lr_values, global_step):
         pending.append((loss, finite))
         global_step += 1
         if progress.wants_sync(index):
-            for loss_t, finite_t in pending:
-                if bool(finite_t.asnumpy()):
-                    losses.append(float(loss_t.asnumpy()))
-                else:
-                    skipped += 1
-            pending = []
+            skipped += drain()
             progress.update(index, global_step, losses[-1] if losses else float("nan"), lr,
                             index - synced)
             synced = index
-    for loss_t, finite_t in pending:
-        if bool(finite_t.asnumpy()):
-            losses.append(float(loss_t.asnumpy()))
-        else:
-            skipped += 1
+    skipped += drain()
     return {"steps": index, "global_step": global_step, "losses": losses, "skipped": skipped,
             "lr": lr, "loss_scale": float(scale.asnumpy()) if scale is not None else None,
             "images_per_s": progress.speed(global_step)}
