@@ -10,7 +10,7 @@ import pytest
 
 import res2net_ms
 from res2net_ms.convert import (CheckpointMismatchError, UnsafeCheckpointError,
-                                convert_checkpoint, export_torch, read_state, save_ckpt)
+                                convert_checkpoint, read_state, save_ckpt)
 from res2net_ms.convert.__main__ import main as convert_cli
 from res2net_ms.convert.layouts import official_to_ours, ours_to_official
 

@@ -5,7 +5,6 @@ import pytest
 from mindspore import nn, ops
 
 import res2net_ms
-from modes import graph_mode, pynative_mode  # noqa: F401 (fixtures)
 from res2net_ms.models.registry import MODELS
 
 ALL = res2net_ms.list_models()
