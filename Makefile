@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: $(VENV)/.demo
 
 test: $(VENV)/.test
 	$(PY) -m pytest -q --durations=15 tests
+
+# What you run while you work: everything but the training runs and msrun jobs.
+test-fast: $(VENV)/.test
+	$(PY) -m pytest -q --durations=15 -m "not slow and not distributed" tests
 
 bench: $(VENV)/.demo
 	$(PY) benchmarks/model_zoo.py

@@ -13,8 +13,12 @@ from dataclasses import dataclass
 
 import yaml
 
-__all__ = ["ConfigError", "build_parser", "parse_args", "save_config", "config_to_yaml",
-           "load_yaml_config", "resolve_model_defaults"]
+from .fileio import write_text
+from .models import get_model_config
+from .process import launched_by_launcher
+
+__all__ = ["ConfigError", "build_parser", "parse_args", "peek_option", "save_config",
+           "config_to_yaml", "load_yaml_config", "resolve_model_defaults"]
 
 
 class ConfigError(ValueError):
@@ -348,8 +352,6 @@ def _read_config_file(path):
 
 def _check_semantics(args):
     """Checks across options, or of ranges, that no single type check can make."""
-    from .models import get_model_config
-
     try:
         get_model_config(args.model)
     except ValueError as exc:
@@ -385,22 +387,19 @@ def _check_semantics(args):
         raise ConfigError(f"warmup_epochs must be >= 0, got {args.warmup_epochs}")
 
 
-_LAUNCHER_ENV = ("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "RANK_SIZE",
-                 "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+def peek_option(argv, name):
+    """The value of option ``name`` on the command line ``argv`` (its default if absent)."""
+    pre, _ = build_parser().parse_known_args(list(argv))
+    return getattr(pre, name)
 
 
-def launched_by_launcher():
-    """True when msrun, mpirun or a rank table started this process (one of several ranks)."""
-    return any(os.environ.get(k) for k in _LAUNCHER_ENV)
-
-
-def parse_args(argv=None, base_checkpoint=None, prog=None, description=None):
+def parse_args(argv=None, stored_config=None, prog=None, description=None):
     """Parse the command line over the YAML file of ``--config``.
 
-    With ``base_checkpoint`` (the option naming a checkpoint, e.g. ``"resume"``) and no
-    ``--config``, the config stored in that training checkpoint is the base instead, so that
-    ``train.py --resume ckpt/last.ckpt`` and ``validate.py --ckpt_path ckpt/best.ckpt`` need no
-    other flags. Raises :class:`ConfigError`.
+    ``stored_config`` is ``(yaml_text, source)``, the config a training checkpoint stores: the
+    base when no ``--config`` is given, so that ``train.py --resume ckpt/last.ckpt`` and
+    ``validate.py --ckpt_path ckpt/best.ckpt`` need no other flags (the engine's command line
+    reads it from the checkpoint). Raises :class:`ConfigError`.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(prog, description)
@@ -408,15 +407,10 @@ def parse_args(argv=None, base_checkpoint=None, prog=None, description=None):
     base = {}
     if pre.config:
         base = _read_config_file(pre.config)
-    elif base_checkpoint and getattr(pre, base_checkpoint):
-        from .engine.checkpoint import read_checkpoint_meta
-
-        path = getattr(pre, base_checkpoint)
-        meta = read_checkpoint_meta(path) if os.path.isfile(path) else None
-        if meta and meta.get("config"):
-            base = load_yaml_config(meta["config"], f"{path} (stored config)", lenient=True)
-            # How this run is launched decides, not how the stored run was.
-            base["distribute"] = launched_by_launcher()
+    elif stored_config:
+        base = load_yaml_config(stored_config[0], stored_config[1], lenient=True)
+        # How this run is launched decides, not how the stored run was.
+        base["distribute"] = launched_by_launcher()
     parser.set_defaults(**base)
     args = parser.parse_args(argv)
     _check_semantics(args)
@@ -425,8 +419,6 @@ def parse_args(argv=None, base_checkpoint=None, prog=None, description=None):
 
 def resolve_model_defaults(args):
     """Fill the options left null from the model's config (input size, crop, mean, std)."""
-    from .models import get_model_config
-
     cfg = get_model_config(args.model)
     if args.image_resize is None:
         args.image_resize = int(cfg.input_size[-1])
@@ -476,10 +468,4 @@ def _plain(value):
 
 def save_config(args, path):
     """Write the resolved options as YAML (atomically); the file is a valid ``--config``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(config_to_yaml(args))
-    os.replace(tmp, path)
-    return path
+    return write_text(path, config_to_yaml(args))

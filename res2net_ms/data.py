@@ -6,9 +6,12 @@ what mindcv lacks: up-front checks of the folder layout with one clear error eac
 seeding so that a resumed run sees the same data order, and unpadded evaluation shards.
 """
 import os
-import shutil
 
+import mindspore.dataset as ds
 import numpy as np
+from mindcv.data import create_dataset, create_loader, create_transforms
+
+from .fileio import atomic_write
 
 __all__ = ["DataError", "IMAGE_EXTENSIONS", "check_imagefolder", "write_digits_imagefolder",
            "build_transforms", "create_train_loader", "create_eval_loader"]
@@ -96,7 +99,8 @@ def write_digits_imagefolder(root, val_fraction=0.2, seed=0, size=32):
 
     The split is stratified and fixed by ``seed``; images are upscaled to ``size`` pixels.
     Nothing is written when ``root`` already holds both splits; otherwise the folder is built
-    beside ``root`` and renamed into place, so an interrupted run never leaves half a data set.
+    beside ``root`` and renamed into place (:func:`~res2net_ms.fileio.atomic_write`), so an
+    interrupted run never leaves half a data set.
     """
     from PIL import Image
     from sklearn.datasets import load_digits
@@ -108,28 +112,22 @@ def write_digits_imagefolder(root, val_fraction=0.2, seed=0, size=32):
     indices = np.arange(len(digits.target))
     train_idx, val_idx = train_test_split(indices, test_size=val_fraction, random_state=seed,
                                           stratify=digits.target)
-    parent = os.path.dirname(os.path.abspath(root))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(root))}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for split, idx in (("train", train_idx), ("val", val_idx)):
-        for label in range(10):
-            os.makedirs(os.path.join(tmp, split, str(label)), exist_ok=True)
-        for i in sorted(idx):
-            pixels = np.clip(digits.images[i] * (255.0 / 16.0), 0, 255).astype(np.uint8)
-            image = Image.fromarray(pixels, mode="L").resize((size, size), Image.BILINEAR)
-            image.convert("RGB").save(
-                os.path.join(tmp, split, str(digits.target[i]), f"{i:04d}.png"))
-    if os.path.isdir(root):
-        shutil.rmtree(root)
-    os.replace(tmp, root)
-    return root
+
+    def write(tmp):
+        for split, idx in (("train", train_idx), ("val", val_idx)):
+            for label in range(10):
+                os.makedirs(os.path.join(tmp, split, str(label)), exist_ok=True)
+            for i in sorted(idx):
+                pixels = np.clip(digits.images[i] * (255.0 / 16.0), 0, 255).astype(np.uint8)
+                image = Image.fromarray(pixels, mode="L").resize((size, size), Image.BILINEAR)
+                image.convert("RGB").save(
+                    os.path.join(tmp, split, str(digits.target[i]), f"{i:04d}.png"))
+
+    return atomic_write(root, write)
 
 
 def build_transforms(args, is_training):
     """mindcv's ImageNet transforms with this run's sizes, crop, mean/std and augmentation."""
-    from mindcv.data import create_transforms
-
     common = dict(interpolation=args.interpolation, mean=list(args.mean), std=list(args.std))
     if not is_training:
         return create_transforms("", image_resize=args.image_resize, is_training=False,
@@ -155,9 +153,6 @@ def create_train_loader(args, epoch, rank=0, group_size=1):
     epoch k draws the same order as an uninterrupted run did. All ranks share the seed, so
     their shards partition the same permutation.
     """
-    import mindspore.dataset as ds
-    from mindcv.data import create_dataset, create_loader
-
     ds.config.set_seed(args.seed + epoch)
     workers = _workers(args)
     sharded = group_size > 1
@@ -182,9 +177,6 @@ def create_eval_loader(args, rank=0, group_size=1):
     MindSpore's shard sampler pads uneven shards with repeated images, which would count
     them twice; a subset sampler per rank covers every image exactly once.
     """
-    import mindspore.dataset as ds
-    from mindcv.data import create_dataset, create_loader
-
     workers = _workers(args)
     if group_size > 1:
         root = os.path.join(args.data_dir, args.val_split)

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+from .data import write_digits_imagefolder
+
 TARGET_TOP1 = 97.0
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,9 +33,6 @@ def main(argv=None):
     parser.add_argument("--data_dir", default="data/digits")
     parser.add_argument("--ckpt_save_dir", default="ckpt/demo_digits")
     args, train_args = parser.parse_known_args(argv)
-
-    from .data import write_digits_imagefolder
-
     start = time.perf_counter()
     data_dir = os.path.join(REPO, args.data_dir)
     if not all(os.path.isdir(os.path.join(data_dir, s)) for s in ("train", "val")):

@@ -1,8 +1,46 @@
-"""Shared fixtures: execution modes, and one digits ImageFolder for the whole session."""
+"""Shared fixtures and helpers: execution modes, the digits data, training arguments.
+
+Markers (registered in pyproject.toml): ``slow`` (real training runs, minutes), ``distributed``
+(msrun jobs), ``torch`` (needs PyTorch/timm references). ``make test-fast`` leaves out the
+slow and distributed ones.
+"""
+import json
+import os
+
 import mindspore as ms
+import numpy as np
 import pytest
 
 from res2net_ms.data import write_digits_imagefolder
+from res2net_ms.engine import parse_run_args
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(REPO, "configs", "demo", "digits_cpu.yaml")
+# One block per stage and no progress output: the demo's network, fast enough for tests.
+LIGHT = ["--model_kwargs", "{layers: [1, 1, 1, 1]}", "--progress_bar", "off"]
+
+
+def run_args(digits_dir, save_dir, *extra, base="resume"):
+    """Parsed train.py arguments: the demo config on ``digits_dir``, saving to ``save_dir``."""
+    return parse_run_args(["--config", DEMO, "--data_dir", digits_dir, "--ckpt_save_dir",
+                           str(save_dir), *LIGHT, "--log_interval", "1000", *extra],
+                          base_checkpoint=base)
+
+
+def read_metrics(save_dir):
+    """The records of ``metrics.jsonl`` in ``save_dir``."""
+    with open(os.path.join(save_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def ckpt_arrays(path):
+    """``{name: numpy array}`` of a checkpoint's tensors (metadata strings left out)."""
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()
+            if not isinstance(v, str)}
+
+
+def random_images(n=2, size=64, seed=0, channels=3):
+    return np.random.RandomState(seed).randn(n, channels, size, size).astype(np.float32)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from res2net_ms.convert import (CheckpointMismatchError, UnsafeCheckpointError,
 from res2net_ms.convert.__main__ import main as convert_cli
 from res2net_ms.convert.layouts import official_to_ours, ours_to_official
 
+pytestmark = pytest.mark.torch
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 from timm.models.res2net import Bottle2neck as TimmBottle2neck  # noqa: E402
@@ -84,7 +85,9 @@ def convert_with_cli(tmp_path, src, model, *extra):
     return out
 
 
-@pytest.mark.parametrize("timm_name", sorted(TIMM_TO_OURS))
+@pytest.mark.parametrize("timm_name", [
+    n if n in ("res2net50_26w_4s", "res2net50_48w_2s", "res2net50d", "res2next50")
+    else pytest.param(n, marks=pytest.mark.slow) for n in sorted(TIMM_TO_OURS)])
 def test_timm_parity(tmp_path, timm_name):
     ref = timm_model(timm_name)
     src = tmp_path / f"{timm_name}.pth"
@@ -95,6 +98,7 @@ def test_timm_parity(tmp_path, timm_name):
     assert_close(ours(net, x), torch_logits(ref, x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("v1b, name", [(False, "res2net152_26w_4s"),
                                        (True, "res2net152_v1b_26w_4s")])
 def test_152_layer_parity_against_timm_resnet_with_res2net_blocks(tmp_path, v1b, name):
@@ -185,6 +189,7 @@ def mmdet_detector_state(official):
     return {"meta": {}, "state_dict": out}
 
 
+@pytest.mark.slow
 def test_mmdet_layout_converts_backbone_for_features(tmp_path):
     ref = timm_model("res2net101d")
     torch.save(ref.state_dict(), tmp_path / "official.pth")
@@ -250,7 +255,8 @@ def test_mindcv_checkpoint(tmp_path):
     assert_close(ours(net, x), torch_logits(ref, x))
 
 
-@pytest.mark.parametrize("name", ["res2net_dla60", "res2next_dla60", "res2net152_v1b_26w_4s"])
+@pytest.mark.parametrize("name", ["res2net_dla60", "res2next_dla60", pytest.param(
+    "res2net152_v1b_26w_4s", marks=pytest.mark.slow)])
 def test_official_layout_key_by_key(tmp_path, name):
     """No pip package holds these: an official-layout state dict maps back value for value."""
     net = res2net_ms.create_model(name)

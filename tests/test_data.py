@@ -12,6 +12,7 @@ from PIL import Image
 from res2net_ms.config import parse_args, resolve_model_defaults
 from res2net_ms.data import (DataError, build_transforms, check_imagefolder, create_eval_loader,
                              create_train_loader, write_digits_imagefolder)
+from res2net_ms.fileio import TEMP_MARK
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,7 +50,7 @@ def test_digits_split_is_fixed_by_seed(tmp_path, digits_dir):
     other = write_digits_imagefolder(str(tmp_path / "e"), seed=1, size=8)
     assert (sorted(os.listdir(os.path.join(other, "val", "0")))
             != sorted(os.listdir(os.path.join(again, "val", "0"))))
-    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    assert not [n for n in os.listdir(tmp_path) if TEMP_MARK in n]
 
 
 @pytest.mark.parametrize("case, match", [

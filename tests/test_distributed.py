@@ -1,5 +1,4 @@
 """Data-parallel training under msrun with 2 local CPU workers (MindSpore's CPU collectives)."""
-import json
 import os
 import shutil
 import socket
@@ -7,16 +6,15 @@ import subprocess
 import sys
 import time
 
-import mindspore as ms
 import numpy as np
 import pytest
 
+from conftest import DEMO, LIGHT, REPO, ckpt_arrays, read_metrics
 from res2net_ms.config import parse_args
-from res2net_ms.engine import validate
+from res2net_ms.engine import build_network, parse_run_args, validate
+from res2net_ms.engine.setup import seed_everything
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO = os.path.join(REPO, "configs", "demo", "digits_cpu.yaml")
-LIGHT = ["--model_kwargs", "{layers: [1, 1, 1, 1]}", "--progress_bar", "off"]
+pytestmark = pytest.mark.distributed
 CLUSTER_TIMEOUT = 120
 
 
@@ -45,16 +43,6 @@ def worker_log(log_dir, rank):
         return f.read()
 
 
-def metrics(save_dir):
-    with open(os.path.join(save_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def weights(path):
-    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()
-            if not isinstance(v, str)}
-
-
 @pytest.fixture(scope="module")
 def two_worker_run(digits_dir, tmp_path_factory):
     """One epoch of digits over 2 msrun workers; returns (process, save_dir, log_dir)."""
@@ -76,14 +64,14 @@ def test_two_workers_train_and_report_what_validate_reports(two_worker_run, digi
     rank0, rank1 = worker_log(log_dir, 0), worker_log(log_dir, 1)
     assert "2 rank(s)" in rank0 and "epoch 1/1" in rank0
     assert "Traceback" not in rank1
-    (row,) = metrics(save_dir)
+    (row,) = read_metrics(save_dir)
     # 1437 images over 2 ranks (719 each) at batch 32: 22 steps; validation sees 360 once.
     assert row["global_step"] == 22 and row["val_images"] == 360
     # A trained network: near-tied logits of an untrained one would make top-1 fragile.
     assert row["val_top1"] > 50
-    single = validate(parse_args(["--ckpt_path", str(save_dir / "best.ckpt"), "--data_dir",
-                                  digits_dir, "--progress_bar", "off"],
-                                 base_checkpoint="ckpt_path"))
+    single = validate(parse_run_args(["--ckpt_path", str(save_dir / "best.ckpt"), "--data_dir",
+                                      digits_dir, "--progress_bar", "off"],
+                                     base_checkpoint="ckpt_path"))
     assert single["images"] == 360
     assert single["top1"] == row["val_top1"] and single["top5"] == row["val_top5"]
 
@@ -99,7 +87,7 @@ def test_distributed_validate_counts_uneven_shards_once(two_worker_run, digits_d
     assert proc.returncode == 0, worker_log(tmp_path / "logs", 0)[-3000:]
     line = [ln for ln in worker_log(tmp_path / "logs", 0).splitlines() if "top-1:" in ln][-1]
     assert "(69 images)" in line
-    single = validate(parse_args(common, base_checkpoint="ckpt_path"))
+    single = validate(parse_run_args(common, base_checkpoint="ckpt_path"))
     assert single["images"] == 69
     assert f"top-1: {single['top1']:.2f}%" in line and f"top-5: {single['top5']:.2f}%" in line
 
@@ -136,7 +124,8 @@ def test_one_step_on_two_workers_equals_one_step_on_one(digits_dir, tmp_path):
                              "--batch_size", "16", "--ckpt_save_dir", str(tmp_path / "one")],
                             capture_output=True, text=True, cwd=REPO, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
-    two, one = weights(tmp_path / "two" / "last.ckpt"), weights(tmp_path / "one" / "last.ckpt")
+    two = ckpt_arrays(tmp_path / "two" / "last.ckpt")
+    one = ckpt_arrays(tmp_path / "one" / "last.ckpt")
     assert two["global_step"] == one["global_step"] == 1
     initial = weights_of_fresh_network()
     moved = 0
@@ -148,10 +137,8 @@ def test_one_step_on_two_workers_equals_one_step_on_one(digits_dir, tmp_path):
 
 def weights_of_fresh_network():
     """The initial weights both runs start from (same seed), for a did-it-move check."""
-    from res2net_ms.engine.trainer import _seed_everything, build_network
-
     args = parse_args(["--config", DEMO, *LIGHT])
-    _seed_everything(args.seed)
+    seed_everything(args.seed)
     net = build_network(args)
     return {p.name: p.asnumpy() for p in net.trainable_params()}
 

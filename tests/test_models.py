@@ -8,6 +8,9 @@ import res2net_ms
 from res2net_ms.models.registry import MODELS
 
 ALL = res2net_ms.list_models()
+# Two quick representatives of the ResNet and DLA layouts; the rest only in the full run.
+QUICK = ("res2net50_48w_2s", "res2next_dla60")
+ALL_SLOW_BUT_QUICK = [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in ALL]
 
 # Trainable parameters of the official PyTorch models with 1000 classes (issue 3).
 PUBLISHED = {
@@ -51,7 +54,7 @@ def test_aliases_build_the_same_network():
     assert n_trainable(res2net_ms.create_model("res2net101d")) == PUBLISHED["res2net101_v1b_26w_4s"]
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ALL_SLOW_BUT_QUICK)
 def test_graph_mode_forward_and_backward(graph_mode, name):
     """One O2 graph per model: logits shape, and a finite non-zero gradient for every param."""
     net = res2net_ms.create_model(name, num_classes=7)
@@ -101,7 +104,8 @@ def test_pynative_forward_and_backward(pynative_mode, name):
 
 @pytest.mark.parametrize("name, channels, reductions", [
     ("res2net50_26w_4s", (64, 256, 512, 1024, 2048), (2, 4, 8, 16, 32)),
-    ("res2net101_v1b_26w_4s", (64, 256, 512, 1024, 2048), (2, 4, 8, 16, 32)),
+    pytest.param("res2net101_v1b_26w_4s", (64, 256, 512, 1024, 2048), (2, 4, 8, 16, 32),
+                 marks=pytest.mark.slow),
     ("res2next_dla60", (16, 32, 128, 256, 512, 1024), (1, 2, 4, 8, 16, 32)),
 ])
 def test_features_only_shapes_and_strides(graph_mode, name, channels, reductions):
@@ -118,6 +122,7 @@ def test_features_only_shapes_and_strides(graph_mode, name, channels, reductions
     assert not any(p.name.startswith("fc.") for p in net.get_parameters())
 
 
+@pytest.mark.slow
 def test_features_only_default_returns_the_four_stages(graph_mode):
     net = res2net_ms.create_model("res2net50_26w_4s", features_only=True)
     net.set_train(False)
@@ -126,6 +131,7 @@ def test_features_only_default_returns_the_four_stages(graph_mode):
     assert [f.shape[2] for f in feats] == [16, 8, 4, 2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("output_stride, sizes", [(16, (16, 8, 4, 4)), (8, (16, 8, 8, 8))])
 def test_output_stride_dilates_last_stages(graph_mode, output_stride, sizes):
     net = res2net_ms.create_model("res2net50_v1b_26w_4s", features_only=True,
@@ -243,3 +249,30 @@ def test_dla_rejects_output_stride():
 def test_unknown_model_names_closest():
     with pytest.raises(ValueError, match="unknown model 'res2net50_26w4s'.*res2net50_26w_4s"):
         res2net_ms.create_model("res2net50_26w4s")
+
+
+@pytest.mark.parametrize("channels", [1, 5])
+def test_rgb_weights_adapt_to_other_input_channels(pynative_mode, tmp_path, channels):
+    """timm's adapt_input_conv: a grey image through the 1-channel model equals the same
+    image repeated on RGB through the original; more channels tile RGB and rescale."""
+    from res2net_ms.ckpt import save_ckpt
+
+    rgb = res2net_ms.create_model("res2net50_26w_4s", num_classes=4, layers=(1, 1, 1, 1))
+    rgb.set_train(False)
+    path = tmp_path / "rgb.ckpt"
+    save_ckpt({p.name: p.asnumpy() for p in rgb.get_parameters()}, path)
+    net = res2net_ms.create_model("res2net50_26w_4s", num_classes=4, layers=(1, 1, 1, 1),
+                                  in_channels=channels, checkpoint_path=path)
+    net.set_train(False)
+    assert "adapted to" in " ".join(net.load_report.notes)
+    w = rgb.conv1.weight.asnumpy()
+    if channels == 1:
+        np.testing.assert_allclose(net.conv1.weight.asnumpy(), w.sum(1, keepdims=True),
+                                   rtol=1e-6)
+        grey = np.random.RandomState(0).rand(2, 1, 32, 32).astype(np.float32)
+        np.testing.assert_allclose(net(ms.Tensor(grey)).asnumpy(),
+                                   rgb(ms.Tensor(np.repeat(grey, 3, axis=1))).asnumpy(),
+                                   rtol=1e-4, atol=1e-4)
+    else:
+        expected = np.concatenate([w, w[:, :2]], axis=1) * 3 / 5
+        np.testing.assert_allclose(net.conv1.weight.asnumpy(), expected, rtol=1e-6)

@@ -3,7 +3,6 @@
 A one-block-per-stage Res2Net-50 keeps this file to a few minutes; every other setting comes
 from the demo config, so these runs also exercise it.
 """
-import json
 import os
 import re
 import shutil
@@ -15,42 +14,26 @@ import pytest
 
 import mindspore as ms
 
+from conftest import DEMO, LIGHT, REPO, ckpt_arrays, read_metrics, run_args
 from res2net_ms.config import parse_args
-from res2net_ms.engine import load_weights, read_checkpoint_meta, train, validate
-from res2net_ms.engine.trainer import build_network
+from res2net_ms.engine import (build_network, load_weights, parse_run_args,
+                               read_checkpoint_meta, train, validate)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO = os.path.join(REPO, "configs", "demo", "digits_cpu.yaml")
-LIGHT = ["--model_kwargs", "{layers: [1, 1, 1, 1]}", "--progress_bar", "off",
-         "--log_interval", "1000"]
-
-
-def _args(digits_dir, save_dir, *extra, base="resume"):
-    return parse_args(["--config", DEMO, "--data_dir", digits_dir, "--ckpt_save_dir",
-                       str(save_dir), *LIGHT, *extra], base_checkpoint=base)
-
-
-def _metrics(save_dir):
-    with open(os.path.join(save_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def _ckpt(path):
-    return {k: v for k, v in ms.load_checkpoint(str(path)).items() if not isinstance(v, str)}
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def trained(digits_dir, tmp_path_factory):
     """Three epochs on all of digits with EMA and numbered checkpoints (two kept)."""
     save_dir = tmp_path_factory.mktemp("trained")
-    summary = train(_args(digits_dir, save_dir, "--epoch_size", "3", "--ema", "True",
+    summary = train(run_args(digits_dir, save_dir, "--epoch_size", "3", "--ema", "True",
                           "--keep_checkpoint_max", "2"))
     return summary, str(save_dir)
 
 
 def test_training_learns_and_writes_its_files(trained):
     summary, save_dir = trained
-    rows = _metrics(save_dir)
+    rows = read_metrics(save_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[-1]["train_loss"] < 0.6 * rows[0]["train_loss"]
     assert rows[-1]["val_top1"] >= 85.0, rows
@@ -75,15 +58,15 @@ def test_training_learns_and_writes_its_files(trained):
 def test_validate_reproduces_the_training_number(trained):
     summary, save_dir = trained
     best = os.path.join(save_dir, "best.ckpt")
-    row = next(r for r in _metrics(save_dir) if r["epoch"] == summary["best_epoch"])
+    row = next(r for r in read_metrics(save_dir) if r["epoch"] == summary["best_epoch"])
     # No --config: validate.py takes the run's config (EMA included) from the checkpoint.
-    result = validate(parse_args(["--ckpt_path", best, "--progress_bar", "off"],
-                                 base_checkpoint="ckpt_path"))
+    result = validate(parse_run_args(["--ckpt_path", best, "--progress_bar", "off"],
+                                     base_checkpoint="ckpt_path"))
     assert result["images"] == 360
     assert result["top1"] == row["val_top1"] and result["top5"] == row["val_top5"]
     assert result["loss"] == pytest.approx(row["val_loss"], rel=1e-5)
-    raw = validate(parse_args(["--ckpt_path", best, "--ema", "False"],
-                              base_checkpoint="ckpt_path"))
+    raw = validate(parse_run_args(["--ckpt_path", best, "--ema", "False"],
+                                  base_checkpoint="ckpt_path"))
     assert raw["images"] == 360 and raw["top1"] > 50
 
 
@@ -93,19 +76,19 @@ def test_resume_continues_exactly(digits_dir, tmp_path):
     deterministic = ["--deterministic", "True", "--scale", "1", "1", "--ratio", "1", "1",
                      "--num_samples", "320", "--epoch_size", "2", "--ema", "True"]
     full = tmp_path / "full"
-    train(_args(digits_dir, full, *deterministic))
+    train(run_args(digits_dir, full, *deterministic))
     renamed = tmp_path / "some name.ckpt"
     shutil.copyfile(full / "res2net50_26w_4s-e0001.ckpt", renamed)
     resumed = tmp_path / "resumed"
-    summary = train(_args(digits_dir, resumed, *deterministic, "--resume", str(renamed)))
+    summary = train(run_args(digits_dir, resumed, *deterministic, "--resume", str(renamed)))
     assert summary["global_step"] == 20
-    a, b = _ckpt(full / "last.ckpt"), _ckpt(resumed / "last.ckpt")
+    a, b = ckpt_arrays(full / "last.ckpt"), ckpt_arrays(resumed / "last.ckpt")
     assert sorted(a) == sorted(b)
     for key in a:
-        np.testing.assert_array_equal(a[key].asnumpy(), b[key].asnumpy(), err_msg=key)
-    assert [r["epoch"] for r in _metrics(resumed)] == [2]
-    assert _metrics(resumed)[0]["val_top1"] == _metrics(full)[1]["val_top1"]
-    assert _metrics(resumed)[0]["lr"] == _metrics(full)[1]["lr"]
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert [r["epoch"] for r in read_metrics(resumed)] == [2]
+    assert read_metrics(resumed)[0]["val_top1"] == read_metrics(full)[1]["val_top1"]
+    assert read_metrics(resumed)[0]["lr"] == read_metrics(full)[1]["lr"]
 
 
 def test_resume_rejects_plain_weights(digits_dir, tmp_path):
@@ -116,7 +99,7 @@ def test_resume_rejects_plain_weights(digits_dir, tmp_path):
     from res2net_ms.engine import CheckpointError
 
     with pytest.raises(CheckpointError, match="not a training checkpoint.*--ckpt_path"):
-        train(_args(digits_dir, tmp_path / "run", "--resume", plain))
+        train(run_args(digits_dir, tmp_path / "run", "--resume", plain))
     assert not os.path.exists(tmp_path / "run")
 
 
@@ -134,18 +117,17 @@ def test_finetune_other_num_classes_with_frozen_stem(trained, digits_dir, tmp_pa
     source = os.path.join(save_dir, "best.ckpt")
     data = _five_class_folder(digits_dir, tmp_path / "five")
     out = tmp_path / "ft"
-    summary = train(_args(data, out, "--ckpt_path", source, "--num_classes", "5",
+    summary = train(run_args(data, out, "--ckpt_path", source, "--num_classes", "5",
                           "--epoch_size", "1", "--warmup_epochs", "0", "--lr", "0.0005",
                           "--frozen_stages", "1", "--ema", "False"))
     log = capsys.readouterr().out
     assert "classifier re-initialised: the checkpoint has 10 classes, the model 5" in log
     assert summary["best_top1"] >= 90.0
-    before, after = _ckpt(source), _ckpt(os.path.join(out, "last.ckpt"))
+    before, after = ckpt_arrays(source), ckpt_arrays(os.path.join(out, "last.ckpt"))
     assert after["fc.weight"].shape == (5, 2048)
     for key in ("conv1.weight", "layer1.0.convs.0.weight", "layer1.0.bn1.moving_mean"):
-        np.testing.assert_array_equal(before[key].asnumpy(), after[key].asnumpy(), err_msg=key)
-    assert not np.array_equal(before["layer3.0.conv1.weight"].asnumpy(),
-                              after["layer3.0.conv1.weight"].asnumpy())
+        np.testing.assert_array_equal(before[key], after[key], err_msg=key)
+    assert not np.array_equal(before["layer3.0.conv1.weight"], after["layer3.0.conv1.weight"])
 
 
 def test_weights_from_plain_and_pytorch_files(tmp_path):
@@ -161,10 +143,6 @@ def test_weights_from_plain_and_pytorch_files(tmp_path):
 
     torch = pytest.importorskip("torch")
     timm = pytest.importorskip("timm")
-    try:
-        from res2net_ms.convert import load_into  # noqa: F401
-    except ImportError:
-        pytest.skip("res2net_ms.convert.load_into is not there yet")
     reference = timm.create_model("res2net50_26w_4s", pretrained=False)
     pth = str(tmp_path / "timm.pth")
     torch.save(reference.state_dict(), pth)
@@ -182,13 +160,13 @@ def test_cli_train_then_validate(digits_dir, tmp_path):
     save_dir = tmp_path / "cli"
     train_proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "train.py"), "--config", DEMO, "--data_dir",
-         digits_dir, "--ckpt_save_dir", str(save_dir), *LIGHT, "--epoch_size", "1",
-         "--num_samples", "320"], capture_output=True, text=True, cwd=str(tmp_path),
+         digits_dir, "--ckpt_save_dir", str(save_dir), *LIGHT, "--log_interval", "1000",
+         "--epoch_size", "1", "--num_samples", "320"], capture_output=True, text=True, cwd=str(tmp_path),
         timeout=300)
     assert train_proc.returncode == 0, train_proc.stderr
     assert "Exception ignored" not in train_proc.stderr
     assert "epoch 1/1" in train_proc.stdout
-    reported = _metrics(save_dir)[0]["val_top1"]
+    reported = read_metrics(save_dir)[0]["val_top1"]
     val_proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "validate.py"), "--ckpt_path",
          str(save_dir / "best.ckpt")], capture_output=True, text=True, cwd=str(tmp_path),
@@ -209,9 +187,9 @@ def test_cli_train_then_validate(digits_dir, tmp_path):
 ], ids=["graph-amp-dynamic-scale-clip-mixup", "pynative"])
 def test_training_options_run(digits_dir, tmp_path, extra):
     save_dir = tmp_path / "run"
-    train(_args(digits_dir, save_dir, "--epoch_size", "1", "--num_samples", "128",
+    train(run_args(digits_dir, save_dir, "--epoch_size", "1", "--num_samples", "128",
                 "--warmup_epochs", "0", *extra))
-    row = _metrics(save_dir)[0]
+    row = read_metrics(save_dir)[0]
     assert row["global_step"] == 4 and row["val_images"] == 360
     if "dynamic" in extra:
         # 1e30 overflows float16: steps are skipped until the scale has come down.

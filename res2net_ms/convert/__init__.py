@@ -3,10 +3,11 @@
 Reads PyTorch (``.pth``/``.pt``/``.bin``, without torch), safetensors and mindcv ``.ckpt``
 files in the official, timm, mmpretrain, mmdetection and mindcv layouts.
 """
-from .converter import (CheckpointMismatchError, ConversionReport, convert_checkpoint,
-                        export_torch, load_into, read_state, save_ckpt)
-from .readers import CheckpointFormatError, UnsafeCheckpointError
+from ..ckpt import save_ckpt
+from .converter import (ConversionReport, adapt_input_conv, convert_checkpoint, export_torch,
+                        load_into, read_state)
+from .errors import CheckpointFormatError, CheckpointMismatchError, UnsafeCheckpointError
 
 __all__ = ["CheckpointFormatError", "CheckpointMismatchError", "ConversionReport",
-           "UnsafeCheckpointError", "convert_checkpoint", "export_torch", "load_into",
-           "read_state", "save_ckpt"]
+           "UnsafeCheckpointError", "adapt_input_conv", "convert_checkpoint", "export_torch",
+           "load_into", "read_state", "save_ckpt"]

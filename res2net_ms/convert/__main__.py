@@ -2,6 +2,8 @@
 import argparse
 import sys
 
+from ..process import exit_process
+from .converter import convert_checkpoint, export_torch
 from .layouts import LAYOUTS
 
 
@@ -24,8 +26,6 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from . import convert_checkpoint, export_torch
-
     try:
         if args.to_torch:
             tensors = export_torch(args.src, args.to_torch, args.model)
@@ -45,6 +45,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from ..process import exit_process
-
     exit_process(main())

@@ -1,18 +1,27 @@
-"""Checkpoint conversion: any published Res2Net checkpoint -> our parameter names, strictly."""
+"""Checkpoint conversion: any published Res2Net checkpoint -> our parameter names, strictly.
+
+The converter knows the zoo's data (:mod:`res2net_ms.models`): which network a name builds,
+its classifier and first conv. It never needs the engine or the factory.
+"""
 import os
 import warnings
 from dataclasses import dataclass, field
 
+import mindspore as ms
 import numpy as np
+from mindspore import nn
+from mindspore.nn.utils import no_init_parameters
 
+from ..ckpt import CheckpointReadError, load_ckpt, save_ckpt
+from ..models import MODELS, build_network, get_model_config
+from .errors import CheckpointFormatError, CheckpointMismatchError
 from .layouts import LAYOUTS, detect_layout, official_to_ours, ours_to_official, to_official
-from .readers import CheckpointFormatError, load_any, save_safetensors
+from .readers import load_any, save_safetensors
+
+__all__ = ["ConversionReport", "read_state", "param_shapes", "map_to_network", "check_strict",
+           "convert_checkpoint", "export_torch", "load_into", "adapt_input_conv"]
 
 _WRAPPERS = ("state_dict", "model", "module", "network")
-
-
-class CheckpointMismatchError(ValueError):
-    """The checkpoint does not fit the network (missing or wrongly shaped parameters)."""
 
 
 @dataclass
@@ -47,13 +56,10 @@ def read_state(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.endswith(".ckpt") and not _is_zip(path):
-        import mindspore as ms
-
         try:
-            params = ms.load_checkpoint(path)
-        except Exception as exc:  # MindSpore raises several types with multi-line messages
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointFormatError(f"{path}: not a readable MindSpore checkpoint ({first})")
+            params = load_ckpt(path)
+        except CheckpointReadError as exc:
+            raise CheckpointFormatError(str(exc)) from None
         return {k: v.asnumpy() for k, v in params.items() if hasattr(v, "asnumpy")}
     obj = load_any(path)
     for _ in range(3):  # unwrap {'state_dict': ...}, {'model': ...}, mmengine {'meta', ...}
@@ -84,34 +90,51 @@ def param_shapes(net):
     return {p.name: tuple(p.shape) for p in net.get_parameters()}
 
 
+def adapt_input_conv(weight, in_channels):
+    """3-channel first-conv weights for ``in_channels`` inputs, as timm's ``adapt_input_conv``.
+
+    One channel takes the sum over RGB; more channels repeat RGB and rescale by
+    ``3 / in_channels`` so that the activations keep their magnitude.
+    """
+    if in_channels == 1:
+        return weight.sum(axis=1, keepdims=True)
+    repeat = -(-in_channels // 3)
+    return np.tile(weight, (1, repeat, 1, 1))[:, :in_channels] * (3.0 / in_channels)
+
+
 def map_to_network(state, targets, source="auto", source_name="<memory>", model_name="?",
-                   keep_head=True):
+                   keep_head=True, classifier="fc", first_conv=None):
     """Rename ``state`` to the parameter names of ``targets`` (see :func:`param_shapes`) and
     check every shape.
 
     Returns ``(weights, report)``: ``weights`` maps our names to arrays for every network
-    parameter the checkpoint provides. The classifier is left out (and reported) when
-    ``keep_head`` is False or its shape differs from the network's.
+    parameter the checkpoint provides. The classifier (the cell named ``classifier``) is left
+    out, and reported, when ``keep_head`` is False or its shape differs from the network's.
+    RGB weights of ``first_conv`` are adapted to the network's input channels.
     """
     layout = detect_layout(state) if source == "auto" else source
     if layout not in LAYOUTS:
         raise ValueError(f"unknown source layout '{source}': choose from auto, "
                          + ", ".join(LAYOUTS) + " (timm = official)")
     report = ConversionReport(source_name, layout, model_name)
-    official = to_official(state, layout, report.dropped)
-    ours = official_to_ours(official)
-    head = {k for k in targets if k.startswith("fc.")}
+    ours = official_to_ours(to_official(state, layout, report.dropped))
+    prefix = classifier + "."
+    head = {k for k in targets if k.startswith(prefix)}
     weights = {}
     for name, value in ours.items():
-        if name.startswith("fc.") and not keep_head:
+        if name.startswith(prefix) and not keep_head:
             report.dropped.setdefault("classifier (left out)", []).append(name)
             continue
         if name not in targets:
-            category = "classifier (not in network)" if name.startswith("fc.") else "unexpected"
+            category = "classifier (not in network)" if name.startswith(prefix) else "unexpected"
             report.dropped.setdefault(category, []).append(name)
             continue
-        if name == "fc.weight" and value.ndim == 4:  # official DLA classifier is a 1x1 conv
+        if name == prefix + "weight" and value.ndim == 4:  # a 1x1-conv classifier (DLA)
             value = value.reshape(value.shape[:2])
+        if name == first_conv and _adaptable(value.shape, targets[name]):
+            report.notes.append(f"{name}: RGB weights adapted to {targets[name][1]} input "
+                                f"channels")
+            value = adapt_input_conv(value, targets[name][1])
         if tuple(value.shape) != targets[name]:
             if name in head:
                 report.dropped.setdefault("classifier (other num_classes)", []).append(name)
@@ -133,6 +156,12 @@ def map_to_network(state, targets, source="auto", source_name="<memory>", model_
     return weights, report
 
 
+def _adaptable(shape, target):
+    """An RGB conv weight whose target differs only in its input channels."""
+    return (len(shape) == 4 and len(target) == 4 and shape[1] == 3 and target[1] != 3
+            and shape[0] == target[0] and shape[2:] == tuple(target[2:]))
+
+
 def check_strict(report, state=None):
     """Raise :class:`CheckpointMismatchError` unless every network parameter was matched."""
     if not report.missing and not report.mismatched:
@@ -148,31 +177,34 @@ def check_strict(report, state=None):
         + "; ".join(problems) + hint)
 
 
+def _shapes_of(cfg, **kwargs):
+    with no_init_parameters():  # shapes only: skip drawing millions of random weights
+        net = build_network(cfg, **kwargs)
+    return param_shapes(net), net
+
+
 def _models_that_fit(state):
-    """Zoo models whose every backbone parameter the checkpoint provides with the right shape."""
-    from mindspore.nn.utils import no_init_parameters
+    """Zoo models whose every backbone parameter the checkpoint provides with the right shape.
 
-    from ..models.registry import MODELS
-
+    Only models whose first conv the checkpoint holds are built (building all is slow).
+    """
+    ours = official_to_ours(to_official(state, detect_layout(state), {}))
     fits = []
     for name, cfg in MODELS.items():
-        with no_init_parameters():  # shapes only: skip drawing millions of random weights
-            targets = param_shapes(cfg.arch(**cfg.kwargs))
-        _, report = map_to_network(state, targets, keep_head=False)
+        if cfg.first_conv not in ours:
+            continue
+        targets, _ = _shapes_of(cfg)
+        _, report = map_to_network(state, targets, keep_head=False, classifier=cfg.classifier)
         if not report.missing and not report.mismatched:
             fits.append(name)
     return fits
 
 
-def _new_head(model_name, num_classes):
+def _new_head(classifier, width, num_classes):
     """Freshly initialised classifier weights, as the network itself would create them."""
-    from mindspore import nn
-
-    from ..models.registry import get_model_config
-
-    width = 1024 if get_model_config(model_name).arch.__name__ == "DLA" else 2048
     dense = nn.Dense(width, num_classes)
-    return {"fc.weight": dense.weight.asnumpy(), "fc.bias": dense.bias.asnumpy()}
+    return {f"{classifier}.weight": dense.weight.asnumpy(),
+            f"{classifier}.bias": dense.bias.asnumpy()}
 
 
 def convert_checkpoint(src, model_name, out=None, source="auto", num_classes=None,
@@ -184,21 +216,17 @@ def convert_checkpoint(src, model_name, out=None, source="auto", num_classes=Non
     it out. A source without any classifier (mmdetection) gives a backbone-only checkpoint.
     Returns ``(weights, report)`` and writes ``out`` (a MindSpore ``.ckpt``) if given.
     """
-    from mindspore.nn.utils import no_init_parameters
-
-    from ..models.registry import create_model, get_model_config
-
     cfg = get_model_config(model_name)
     state = read_state(src)
-    with no_init_parameters():
-        targets = param_shapes(create_model(cfg.name, num_classes=_head_rows(state) or 1000))
+    targets, net = _shapes_of(cfg, num_classes=_head_rows(state, cfg) or 1000)
     weights, report = map_to_network(state, targets, source, str(src), cfg.name,
-                                     keep_head=not drop_head and num_classes is None)
+                                     keep_head=not drop_head and num_classes is None,
+                                     classifier=cfg.classifier)
     check_strict(report, state)
     if not drop_head and num_classes is not None:
-        weights.update(_new_head(cfg.name, num_classes))
+        weights.update(_new_head(cfg.classifier, net.num_features, num_classes))
         report.notes.append(f"classifier re-initialised with {num_classes} classes")
-    elif not any(k.startswith("fc.") for k in weights):
+    elif not any(k.startswith(cfg.classifier + ".") for k in weights):
         report.notes.append("no classifier in the checkpoint: use with features_only=True, "
                             "or fine-tune with a new classifier")
     if report.layout == "mmdet":
@@ -208,35 +236,11 @@ def convert_checkpoint(src, model_name, out=None, source="auto", num_classes=Non
     return weights, report
 
 
-def _head_rows(state):
-    for key in ("fc.weight", "head.fc.weight", "classifier.weight"):
+def _head_rows(state, cfg):
+    for key in (f"{cfg.classifier}.weight", "fc.weight", "head.fc.weight", "classifier.weight"):
         if key in state:
             return int(state[key].shape[0])
     return None
-
-
-def save_ckpt(weights, path, append_dict=None):
-    """Write ``{name: array or Tensor}`` as a MindSpore checkpoint, atomically.
-
-    The file is written under a temporary name in the same folder, then renamed, so a crash
-    never leaves a truncated checkpoint under the real name. ``append_dict`` holds extra
-    scalar/string entries (training metadata).
-    """
-    import mindspore as ms
-
-    path = os.fspath(path)
-    folder, name = os.path.split(os.path.abspath(path))
-    # save_checkpoint appends ".ckpt" to other names, so the temporary name ends with it.
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp.ckpt")
-    items = [{"name": k, "data": v if isinstance(v, ms.Tensor) else ms.Tensor(v)}
-             for k, v in weights.items()]
-    try:
-        ms.save_checkpoint(items, tmp, append_dict=append_dict)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 def export_torch(ckpt, out, model_name=None):
@@ -249,15 +253,15 @@ def export_torch(ckpt, out, model_name=None):
     if layout not in ("res2net_ms", "mindcv"):
         raise ValueError(f"{ckpt}: expected a MindSpore checkpoint of this project, "
                          f"found the {layout} layout")
-    dropped = {}
-    official = ours_to_official(official_to_ours(to_official(state, layout, dropped)))
-    is_dla = any(k.startswith("base_layer.") for k in official)
+    official = ours_to_official(official_to_ours(to_official(state, layout, {})))
     if model_name is not None:
-        from ..models.registry import get_model_config
-
-        is_dla = get_model_config(model_name).arch.__name__ == "DLA"
-    if is_dla and "fc.weight" in official and official["fc.weight"].ndim == 2:
-        official["fc.weight"] = official["fc.weight"][:, :, None, None]
+        cfg = get_model_config(model_name)
+    else:  # guess from the keys: the first zoo model whose first conv the checkpoint has
+        cfg = next((c for c in MODELS.values() if c.first_conv in official), MODELS[
+            "res2net50_26w_4s"])
+    weight = f"{cfg.classifier}.weight"
+    if cfg.conv_classifier and weight in official and official[weight].ndim == 2:
+        official[weight] = official[weight][:, :, None, None]
     save_safetensors(official, out, metadata={"format": "pt"})
     return official
 
@@ -269,8 +273,7 @@ def load_into(net, path, model_name="?", use_ema=False):
     network does not have (``features_only``), is skipped and left as initialised.
     With ``use_ema`` the ``ema.*`` weights of a training checkpoint are loaded.
     """
-    import mindspore as ms
-
+    cfg = getattr(net, "default_cfg", None) or get_model_config(model_name)
     state = read_state(path)
     if use_ema:
         ema = {k[len("ema."):]: v for k, v in state.items() if k.startswith("ema.")}
@@ -278,14 +281,15 @@ def load_into(net, path, model_name="?", use_ema=False):
             raise CheckpointMismatchError(f"{path}: has no EMA weights (ema.*)")
         state = ema
     weights, report = map_to_network(state, param_shapes(net), source_name=str(path),
-                                     model_name=model_name)
+                                     model_name=model_name, classifier=cfg.classifier,
+                                     first_conv=cfg.first_conv)
     check_strict(report, state)
     if report.dropped.get("classifier (other num_classes)"):
         report.notes.append(f"classifier re-initialised: the checkpoint has "
-                            f"{_head_rows(state)} classes, the model {net.num_classes}")
+                            f"{_head_rows(state, cfg)} classes, the model {net.num_classes}")
     params = {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in weights.items()}
     not_loaded, _ = ms.load_param_into_net(net, params, strict_load=True)
-    if any(not n.startswith("fc.") for n in not_loaded):
+    if any(not n.startswith(cfg.classifier + ".") for n in not_loaded):
         raise CheckpointMismatchError(f"{path}: parameters not loaded: {not_loaded[:5]}")
     net.load_report = report
     return report

@@ -6,6 +6,8 @@ to ours: the official names with MindSpore's BN leaf names. The tables are those
 """
 import re
 
+import numpy as np
+
 LAYOUTS = ("official", "mmpretrain", "mmdet", "mindcv", "res2net_ms")
 
 BN_TO_MS = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
@@ -106,8 +108,6 @@ def official_to_ours(state):
 
 def ours_to_official(state):
     """Our names -> official PyTorch names, with the ``num_batches_tracked`` PyTorch expects."""
-    import numpy as np
-
     out = {}
     for key, value in state.items():
         base, _, leaf = key.rpartition(".")

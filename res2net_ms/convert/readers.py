@@ -1,711 +1,98 @@
-"""Read PyTorch and safetensors checkpoints into numpy without importing torch.
+"""Read any supported checkpoint file into numpy: PyTorch (without torch) and safetensors.
 
-Converting weights must not require torch, and must not execute code from a
-downloaded checkpoint.  PyTorch files are pickles, so they are read with a
-restricted unpickler whose allow-list maps every accepted global to a small
-local re-implementation; any other global is refused before it can run.
-
-Public API: :func:`load_torch` (alias :func:`read_torch_file`),
-:func:`load_safetensors`, :func:`load_safetensors_metadata`,
-:func:`save_safetensors`, :func:`load_any`, :class:`CheckpointFormatError` and
-:class:`UnsafeCheckpointError`.  MindSpore ``.ckpt`` files are not read here:
-use the MindSpore loader for those.
+PyTorch pickles go through the restricted unpickler of :mod:`.torch_pickle`; safetensors
+files through the ``safetensors`` package's numpy API, which needs no torch either. MindSpore
+``.ckpt`` files are read by :func:`res2net_ms.ckpt.load_ckpt`.
 """
-import contextlib
-import io
-import json
-import mmap
 import os
-import pickle
 import struct
-import tempfile
-import zipfile
-import zlib
-from collections import OrderedDict
 
 import numpy as np
+import safetensors
+from safetensors.numpy import save_file
 
-__all__ = [
-    "CheckpointFormatError",
-    "UnsafeCheckpointError",
-    "load_any",
-    "load_safetensors",
-    "load_safetensors_metadata",
-    "load_torch",
-    "read_torch_file",
-    "save_safetensors",
-]
+from ..fileio import atomic_write
+from .errors import CheckpointFormatError, UnsafeCheckpointError
+from .torch_pickle import ZIP_MAGIC, bf16_to_f32, load_torch, read_torch_file
 
+__all__ = ["CheckpointFormatError", "UnsafeCheckpointError", "load_any", "load_safetensors",
+           "load_safetensors_metadata", "load_torch", "read_torch_file", "save_safetensors"]
 
-class CheckpointFormatError(ValueError):
-    """The file is not a readable checkpoint (truncated, corrupt or unknown format)."""
 
-
-class UnsafeCheckpointError(ValueError):
-    """The checkpoint's pickle references a global outside the allow-list."""
-
-
-class _Corrupt(Exception):
-    """Internal: a format problem whose message still lacks the file name."""
-
-
-@contextlib.contextmanager
-def _format_errors(source):
-    """Turn internal format problems into one-line errors naming the file."""
-    try:
-        yield
-    except _Corrupt as exc:
-        raise CheckpointFormatError(f"{source}: {exc}") from exc.__cause__
-
-
-def _one_line(exc, limit=200):
-    """Summarise a foreign exception so that error messages stay on one line."""
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# ---------------------------------------------------------------------------
-# Element types
-
-# torch dtype name -> numpy type code of the stored element (bfloat16 is
-# stored as raw 16-bit patterns and widened to float32 on decode).
-_TORCH_DTYPES = {
-    "float64": "f8",
-    "float32": "f4",
-    "float16": "f2",
-    "bfloat16": "u2",
-    "int64": "i8",
-    "int32": "i4",
-    "int16": "i2",
-    "int8": "i1",
-    "uint8": "u1",
-    "uint16": "u2",
-    "uint32": "u4",
-    "uint64": "u8",
-    "bool": "?",
-    "complex64": "c8",
-    "complex128": "c16",
-}
-
-_STORAGE_CLASSES = {
-    "DoubleStorage": "float64",
-    "FloatStorage": "float32",
-    "HalfStorage": "float16",
-    "BFloat16Storage": "bfloat16",
-    "LongStorage": "int64",
-    "IntStorage": "int32",
-    "ShortStorage": "int16",
-    "CharStorage": "int8",
-    "ByteStorage": "uint8",
-    "BoolStorage": "bool",
-    "ComplexDoubleStorage": "complex128",
-    "ComplexFloatStorage": "complex64",
-}
-
-
-def _itemsize(dtype_name):
-    return np.dtype(_TORCH_DTYPES[dtype_name]).itemsize
-
-
-def _bf16_to_f32(bits):
-    """bfloat16 is the upper half of a float32, so widening is a shift."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
-
-
-def _decode(raw, dtype_name, byteorder):
-    """Interpret raw storage bytes as a 1-D native-endian numpy array."""
-    stored = np.dtype(_TORCH_DTYPES[dtype_name]).newbyteorder(byteorder)
-    if len(raw) % stored.itemsize:
-        raise _Corrupt(f"storage of {len(raw)} bytes is not a whole number of "
-                       f"{dtype_name} elements")
-    flat = np.frombuffer(raw, dtype=stored)
-    if dtype_name == "bfloat16":
-        return _bf16_to_f32(flat)
-    return flat.astype(stored.newbyteorder("="), copy=False)
-
-
-# ---------------------------------------------------------------------------
-# Objects handed to the pickle machine
-
-
-class _Frozen:
-    """Base for objects a hostile pickle can reach: BUILD must not alter them."""
-
-    __slots__ = ()
-
-    def __setattr__(self, name, value):
-        raise AttributeError(f"{type(self).__name__} is read-only")
-
-    __delattr__ = __setattr__
-
-
-class _Token(_Frozen):
-    """Stand-in for a torch/numpy class or dtype named by the pickle."""
-
-    __slots__ = ("role", "value")
-
-    def __init__(self, role, value):
-        object.__setattr__(self, "role", role)
-        object.__setattr__(self, "value", value)
-
-    def __repr__(self):
-        return f"<{self.role} {self.value}>"
-
-
-class _Call(_Frozen):
-    """An allowed global callable, bound to a safe local implementation."""
-
-    __slots__ = ("name", "fn")
-
-    def __init__(self, name, fn):
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "fn", fn)
-
-    def __call__(self, *args):
-        return self.fn(*args)
-
-    def __repr__(self):
-        return f"<allowed {self.name}>"
-
-
-class _Storage(_Frozen):
-    """A torch storage: raw bytes (None while only the layout is known)."""
-
-    __slots__ = ("dtype_name", "raw", "byteorder", "_decoded")
-
-    def __init__(self, dtype_name, raw, byteorder="<"):
-        object.__setattr__(self, "dtype_name", dtype_name)
-        object.__setattr__(self, "raw", raw)
-        object.__setattr__(self, "byteorder", byteorder)
-        object.__setattr__(self, "_decoded", {})
-
-    def elements(self, dtype_name):
-        """The storage as a flat array of ``dtype_name``, decoded once per dtype."""
-        if self.raw is None:
-            return None
-        if dtype_name not in self._decoded:
-            self._decoded[dtype_name] = _decode(self.raw, dtype_name, self.byteorder)
-        return self._decoded[dtype_name]
-
-
-def _int_tuple(value, what):
-    if not isinstance(value, tuple) or not all(type(v) is int for v in value):
-        raise _Corrupt(f"tensor {what} must be a tuple of ints, got {type(value).__name__}")
-    return value
-
-
-def _tensor_from_storage(storage, dtype_name, offset, size, stride):
-    """Rebuild a (possibly strided, offset) tensor view as an owned C-contiguous copy.
-
-    ``dtype_name`` None means the storage's own element type.  The copy keeps
-    tensors that shared a storage independent, and bounds are checked before
-    ``as_strided`` so a hostile layout cannot read outside the storage.
-    """
-    if not isinstance(storage, _Storage):
-        raise _Corrupt(f"tensor data must come from a storage record, got {type(storage).__name__}")
-    size = _int_tuple(size, "size")
-    stride = _int_tuple(stride, "stride")
-    if type(offset) is not int or offset < 0 or len(size) != len(stride):
-        raise _Corrupt(f"bad tensor layout: offset={offset!r} size={size} stride={stride}")
-    if any(n < 0 for n in size) or any(s < 0 for s in stride):
-        raise _Corrupt(f"bad tensor layout: negative size or stride in {size}/{stride}")
-    flat = storage.elements(dtype_name or storage.dtype_name)
-    if flat is None:
-        return None
-    if 0 in size:
-        return np.zeros(size, dtype=flat.dtype)
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-    if last >= flat.size:
-        raise _Corrupt(f"tensor view (offset {offset}, size {size}, stride {stride}) "
-                       f"exceeds its storage of {flat.size} elements")
-    view = np.lib.stride_tricks.as_strided(
-        flat[offset:], shape=size, strides=[s * flat.itemsize for s in stride], writeable=False)
-    return view.copy(order="C")
-
-
-def _rebuild_tensor(storage, offset, size, stride, *_unused):
-    """torch._utils._rebuild_tensor / _rebuild_tensor_v2: grad flags and hooks are dropped."""
-    return _tensor_from_storage(storage, None, offset, size, stride)
-
-
-def _rebuild_tensor_v3(storage, offset, size, stride, _requires_grad, _hooks, dtype, *_unused):
-    """torch._utils._rebuild_tensor_v3: an untyped byte storage viewed as ``dtype``."""
-    if not isinstance(dtype, _Token) or dtype.role != "dtype":
-        raise _Corrupt(f"expected a torch dtype, got {dtype!r:.60}")
-    return _tensor_from_storage(storage, dtype.value, offset, size, stride)
-
-
-def _rebuild_parameter(data, *_unused):
-    """torch._utils._rebuild_parameter(_with_state): a Parameter is just its data here."""
-    return data
-
-
-def _rebuild_from_type_v2(func, new_type, args, _state):
-    """torch._tensor._rebuild_from_type_v2: used for tensors carrying Python attributes."""
-    if not (isinstance(func, _Call) and func.fn in _TENSOR_REBUILDERS):
-        raise _Corrupt(f"unexpected tensor rebuild function {func!r:.60}")
-    if not (isinstance(new_type, _Token) and new_type.role == "tensor type"):
-        raise _Corrupt(f"unexpected tensor type {new_type!r:.60}")
-    if not isinstance(args, tuple):
-        raise _Corrupt("tensor rebuild arguments must be a tuple")
-    return func(*args)
-
-
-_TENSOR_REBUILDERS = (_rebuild_tensor, _rebuild_tensor_v3, _rebuild_parameter)
-
-
-def _codecs_encode(text, encoding="utf-8"):
-    """Protocol-2 pickles spell bytes as _codecs.encode(str, 'latin1')."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise _Corrupt(f"unsupported _codecs.encode call with encoding {encoding!r:.30}")
-    return text.encode("latin1")
-
-
-def _bytes_like(kind):
-    def build(source=b"", encoding=None):
-        if isinstance(source, str) and encoding in ("latin1", "latin-1"):
-            source = source.encode("latin1")
-        if not isinstance(source, (bytes, bytearray)):
-            raise _Corrupt(f"unsupported {kind.__name__} argument of type {type(source).__name__}")
-        return kind(source)
-
-    return build
-
-
-def _ordered_dict(items=()):
-    return OrderedDict(items)
-
-
-def _torch_size(dims=()):
-    return tuple(dims)
-
-
-def _np_reconstruct(cls, shape, _typecode):
-    """numpy's array unpickling entry point; the data arrives via ndarray.__setstate__."""
-    if not (isinstance(cls, _Token) and cls.role == "numpy class") or shape != (0,):
-        raise _Corrupt("unexpected numpy array reconstruction arguments")
-    return np.ndarray((0,), dtype=np.uint8)
-
-
-def _np_dtype(spec, _align=False, _copy=False):
-    if not isinstance(spec, str):
-        raise _Corrupt(f"unexpected numpy dtype spec {spec!r:.40}")
-    return np.dtype(spec)
-
-
-def _np_scalar(dtype, data=None):
-    """numpy scalars (e.g. best scores in training meta) are a dtype plus raw bytes."""
-    if not isinstance(dtype, np.dtype):
-        raise _Corrupt("numpy scalar without a dtype")
-    if dtype.hasobject:
-        return data
-    if isinstance(data, str):
-        data = data.encode("latin1")
-    if not isinstance(data, bytes) or len(data) != dtype.itemsize:
-        raise _Corrupt("numpy scalar with malformed data")
-    return np.frombuffer(data, dtype=dtype)[0]
-
-
-def _allow_list():
-    allowed = {
-        ("collections", "OrderedDict"): _Call("collections.OrderedDict", _ordered_dict),
-        ("torch._utils", "_rebuild_tensor"): _Call("_rebuild_tensor", _rebuild_tensor),
-        ("torch._utils", "_rebuild_tensor_v2"): _Call("_rebuild_tensor_v2", _rebuild_tensor),
-        ("torch._utils", "_rebuild_tensor_v3"): _Call("_rebuild_tensor_v3", _rebuild_tensor_v3),
-        ("torch._utils", "_rebuild_parameter"): _Call("_rebuild_parameter", _rebuild_parameter),
-        ("torch._utils", "_rebuild_parameter_with_state"):
-            _Call("_rebuild_parameter_with_state", _rebuild_parameter),
-        ("torch._tensor", "_rebuild_from_type_v2"):
-            _Call("_rebuild_from_type_v2", _rebuild_from_type_v2),
-        ("torch", "Tensor"): _Token("tensor type", "Tensor"),
-        ("torch", "Size"): _Call("torch.Size", _torch_size),
-        ("torch.storage", "UntypedStorage"): _Token("storage", "uint8"),
-        ("torch", "UntypedStorage"): _Token("storage", "uint8"),
-        ("builtins", "set"): _Call("set", set),
-        ("builtins", "frozenset"): _Call("frozenset", frozenset),
-        ("builtins", "slice"): _Call("slice", slice),
-        ("builtins", "bytes"): _Call("bytes", _bytes_like(bytes)),
-        ("builtins", "bytearray"): _Call("bytearray", _bytes_like(bytearray)),
-        ("_codecs", "encode"): _Call("_codecs.encode", _codecs_encode),
-    }
-    for cls, dtype_name in _STORAGE_CLASSES.items():
-        allowed["torch", cls] = _Token("storage", dtype_name)
-    for dtype_name in _TORCH_DTYPES:
-        allowed["torch", dtype_name] = _Token("dtype", dtype_name)
-    for core in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[core, "_reconstruct"] = _Call("numpy _reconstruct", _np_reconstruct)
-        allowed[core, "scalar"] = _Call("numpy scalar", _np_scalar)
-    allowed["numpy", "ndarray"] = _Token("numpy class", "ndarray")
-    allowed["numpy", "dtype"] = _Call("numpy.dtype", _np_dtype)
-    return allowed
-
-
-_ALLOWED_GLOBALS = _allow_list()
-
-# Protocol-2 pickles written by Python 2 name the builtins module differently.
-_MODULE_ALIASES = {"__builtin__": "builtins"}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves globals only through the allow-list."""
-
-    def __init__(self, file, source, load_storage):
-        super().__init__(file, encoding="utf-8")
-        self._source = source
-        self._load_storage = load_storage
-
-    def find_class(self, module, name):
-        module = _MODULE_ALIASES.get(module, module)
-        target = _ALLOWED_GLOBALS.get((module, name))
-        if target is None:
-            raise UnsafeCheckpointError(
-                f"refused global '{module}.{name}' in {self._source}: "
-                "only tensors, dicts and plain values are allowed")
-        return target
-
-    def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"):
-            raise _Corrupt(f"unsupported persistent id {pid!r:.80}")
-        storage_type, key, _location, numel = pid[1:5]
-        view = pid[5] if len(pid) == 6 else None
-        if not (isinstance(storage_type, _Token) and storage_type.role == "storage"):
-            raise _Corrupt(f"unknown storage type {storage_type!r:.60}")
-        if not isinstance(key, str) or type(numel) is not int or numel < 0:
-            raise _Corrupt(f"malformed storage reference {pid!r:.80}")
-        if self._load_storage is None:
-            raise _Corrupt("unexpected storage reference in a header pickle")
-        return self._load_storage(key, storage_type.value, numel, view)
-
-
-def _unpickle(file, source, what, load_storage=None):
-    """Run the restricted unpickler; any failure becomes a one-line format error."""
-    try:
-        return _RestrictedUnpickler(file, source, load_storage).load()
-    except (UnsafeCheckpointError, _Corrupt):
-        raise
-    except Exception as exc:
-        raise _Corrupt(f"bad pickle in {what} ({_one_line(exc)})") from exc
-
-
-# ---------------------------------------------------------------------------
-# PyTorch files
-
-_ZIP_MAGIC = b"PK\x03\x04"
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_LEGACY_PROTOCOL = 1001
-_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError,
-               struct.error, NotImplementedError, RuntimeError, zlib.error)
-
-
-def load_torch(path):
-    """Load a ``torch.save`` file (zip or legacy format) with tensors as numpy arrays.
-
-    Returns the saved object structure (e.g. a state dict, or a dict holding
-    ``meta`` and ``state_dict``).  bfloat16 tensors become float32 arrays.
-    """
-    source = os.fspath(path)
-    with _format_errors(source), open(path, "rb") as f:
-        head = f.read(512)
-        f.seek(0)
-        if head.startswith(_ZIP_MAGIC):
-            return _load_torch_zip(f, source)
-        if len(head) > 262 and head[257:262] == b"ustar":
-            raise _Corrupt("tar-format checkpoints (PyTorch < 0.4) are not supported")
-        if not head:
-            raise _Corrupt("file is empty")
-        return _load_torch_legacy(f, source)
-
-
-read_torch_file = load_torch
-
-
-def _zip_read(archive, name):
-    try:
-        return archive.read(name)
-    except KeyError:
-        raise _Corrupt(f"record '{name}' is missing from the zip "
-                       "(truncated or corrupt checkpoint)") from None
-    except _ZIP_ERRORS as exc:
-        raise _Corrupt(f"cannot read record '{name}' ({_one_line(exc)})") from exc
-
-
-def _load_torch_zip(f, source):
-    try:
-        archive = zipfile.ZipFile(f)
-    except _ZIP_ERRORS as exc:
-        raise _Corrupt("not a readable zip archive, probably truncated "
-                       f"({_one_line(exc)})") from exc
-    with archive:
-        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
-        if not pickles:
-            raise _Corrupt("zip has no '<archive>/data.pkl' record: not a torch.save checkpoint")
-        prefix = pickles[0][: -len("/data.pkl")]
-        byteorder = "<"
-        if f"{prefix}/byteorder" in archive.namelist():
-            order = _zip_read(archive, f"{prefix}/byteorder").strip()
-            if order not in (b"little", b"big"):
-                raise _Corrupt(f"unknown byte order {order[:20]!r}")
-            byteorder = "<" if order == b"little" else ">"
-        storages = {}
-
-        def load_storage(key, dtype_name, numel, view):
-            if view is not None:
-                raise _Corrupt("storage views are not expected in zip checkpoints")
-            if key not in storages:
-                name = f"{prefix}/data/{key}"
-                expected = numel * _itemsize(dtype_name)
-                try:
-                    size = archive.getinfo(name).file_size
-                except KeyError:
-                    raise _Corrupt(f"storage '{name}' is missing from the zip "
-                                   "(truncated or corrupt checkpoint)") from None
-                if size != expected:
-                    raise _Corrupt(f"storage '{name}' holds {size} bytes, expected {expected}")
-                storages[key] = _Storage(dtype_name, _zip_read(archive, name), byteorder)
-            return storages[key]
-
-        data = _zip_read(archive, f"{prefix}/data.pkl")
-        return _unpickle(io.BytesIO(data), source, f"'{prefix}/data.pkl'", load_storage)
-
-
-def _load_torch_legacy(f, source):
-    """Legacy format: magic, protocol, sys_info, object, storage keys, then raw storages."""
-    file_size = os.fstat(f.fileno()).st_size
-    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        try:
-            magic = _unpickle(mm, source, "the header")
-        except _Corrupt:
-            magic = None
-        if magic != _LEGACY_MAGIC:
-            raise _Corrupt("not a PyTorch checkpoint "
-                           "(neither a zip archive nor a legacy torch.save file)")
-        protocol = _unpickle(mm, source, "the header")
-        if protocol != _LEGACY_PROTOCOL:
-            raise _Corrupt(f"unsupported legacy protocol version {protocol!r:.40}")
-        sys_info = _unpickle(mm, source, "the header")
-        if not isinstance(sys_info, dict):
-            raise _Corrupt("malformed legacy sys_info record")
-        byteorder = "<" if sys_info.get("little_endian", True) else ">"
-
-        layouts = {}
-
-        def record_layout(key, dtype_name, numel, view):
-            layouts.setdefault(key, (dtype_name, numel))
-            return _Storage(dtype_name, None)
-
-        object_start = mm.tell()
-        _unpickle(mm, source, "the main pickle", record_layout)
-        keys = _unpickle(mm, source, "the storage key list")
-        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-            raise _Corrupt("malformed storage key list")
-        raw = {}
-        for key in keys:
-            if key not in layouts:
-                raise _Corrupt(f"storage '{key}' is listed but never used")
-            dtype_name, numel = layouts[key]
-            count_bytes = mm.read(8)
-            if len(count_bytes) != 8:
-                raise _Corrupt(f"file ends before storage '{key}' (truncated checkpoint)")
-            (count,) = struct.unpack(byteorder + "q", count_bytes)
-            if count != numel:
-                raise _Corrupt(f"storage '{key}' has {count} elements, expected {numel}")
-            nbytes = count * _itemsize(dtype_name)
-            if mm.tell() + nbytes > file_size:
-                raise _Corrupt(f"file ends inside storage '{key}' (truncated checkpoint)")
-            raw[key] = mm.read(nbytes)
-        missing = sorted(set(layouts) - set(raw))
-        if missing:
-            raise _Corrupt(f"storage '{missing[0]}' has no data record "
-                           "(truncated or corrupt checkpoint)")
-
-        storages = {}
-
-        def load_storage(key, dtype_name, numel, view):
-            base = storages.setdefault(key, _Storage(dtype_name, raw[key], byteorder))
-            if view is None:
-                return base
-            if not (isinstance(view, tuple) and len(view) == 3):
-                raise _Corrupt(f"malformed storage view {view!r:.60}")
-            view_key, start, length = view
-            if view_key not in storages:
-                itemsize = _itemsize(dtype_name)
-                if not (type(start) is int and type(length) is int and 0 <= start
-                        and 0 <= length and start + length <= numel):
-                    raise _Corrupt(f"storage view {view!r:.60} exceeds storage '{key}'")
-                chunk = base.raw[start * itemsize: (start + length) * itemsize]
-                storages[view_key] = _Storage(dtype_name, chunk, byteorder)
-            return storages[view_key]
-
-        mm.seek(object_start)
-        return _unpickle(mm, source, "the main pickle", load_storage)
-
-
-# ---------------------------------------------------------------------------
-# safetensors
-
-_ST_DTYPES = {
-    "F64": "<f8",
-    "F32": "<f4",
-    "F16": "<f2",
-    "BF16": "<u2",
-    "I64": "<i8",
-    "I32": "<i4",
-    "I16": "<i2",
-    "I8": "i1",
-    "U8": "u1",
-    "BOOL": "?",
-}
-_ST_CODES = {np.dtype(code).newbyteorder("=").str: name
-             for name, code in _ST_DTYPES.items() if name != "BF16"}
-_ST_MAX_HEADER = 100 * 1024 * 1024
-
-
-def _read_safetensors_header(f, file_size):
-    """Parse and validate the header; returns (entries, metadata, data_start)."""
-    if file_size < 8:
-        raise _Corrupt(f"file is too short ({file_size} bytes) to be a safetensors file")
-    (header_len,) = struct.unpack("<Q", f.read(8))
-    if header_len > min(file_size - 8, _ST_MAX_HEADER):
-        raise _Corrupt(f"header length {header_len} exceeds the file "
-                       "(truncated file or not a safetensors file)")
-    try:
-        header = json.loads(f.read(header_len).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _Corrupt(f"safetensors header is not valid JSON ({_one_line(exc)})") from exc
-    if not isinstance(header, dict):
-        raise _Corrupt("safetensors header is not a JSON object")
-    metadata = header.pop("__metadata__", None)
-    if metadata is None:
-        metadata = {}
-    if not (isinstance(metadata, dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
-        raise _Corrupt("safetensors __metadata__ must map strings to strings")
-    data_start = 8 + header_len
-    data_len = file_size - data_start
-    entries = {}
-    for name, info in header.items():
-        try:
-            dtype_name, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-        except (TypeError, KeyError, ValueError):
-            raise _Corrupt(f"tensor '{name}' has a malformed header entry") from None
-        if dtype_name not in _ST_DTYPES:
-            raise _Corrupt(f"tensor '{name}' has unsupported dtype {dtype_name!r:.20}")
-        if not (isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape)):
-            raise _Corrupt(f"tensor '{name}' has a malformed shape {shape!r:.60}")
-        if not (type(begin) is int and type(end) is int and 0 <= begin <= end):
-            raise _Corrupt(f"tensor '{name}' has malformed data offsets")
-        if end > data_len:
-            raise _Corrupt(f"tensor '{name}' ends at byte {end} but the data section has only "
-                           f"{data_len} bytes (truncated file)")
-        expected = int(np.prod(shape, dtype=object)) * np.dtype(_ST_DTYPES[dtype_name]).itemsize
-        if end - begin != expected:
-            raise _Corrupt(f"tensor '{name}' spans {end - begin} bytes, but {dtype_name}{shape} "
-                           f"needs {expected}")
-        entries[name] = (dtype_name, tuple(shape), begin, end)
-    return entries, metadata, data_start
+def _safetensors_error(path, exc):
+    detail = " ".join(str(exc).split()).replace("Error while deserializing header: ", "")
+    return CheckpointFormatError(f"{path}: not a valid safetensors file, truncated or corrupt "
+                                 f"({detail[:200]})")
 
 
 def _open_safetensors(path):
-    f = open(path, "rb")
+    path = os.fspath(path)
     try:
-        return f, _read_safetensors_header(f, os.fstat(f.fileno()).st_size)
-    except BaseException:
-        f.close()
-        raise
+        return safetensors.safe_open(path, framework="np")
+    except (safetensors.SafetensorError, OSError, ValueError) as exc:
+        raise _safetensors_error(path, exc) from None
 
 
 def load_safetensors(path):
-    """Load every tensor of a safetensors file; BF16 tensors become float32."""
-    source = os.fspath(path)
-    with _format_errors(source):
-        f, (entries, _metadata, data_start) = _open_safetensors(path)
-        with f:
-            tensors = {}
-            for name, (dtype_name, shape, begin, end) in entries.items():
-                buffer = np.empty(end - begin, dtype=np.uint8)
-                f.seek(data_start + begin)
-                if f.readinto(buffer) != buffer.size:
-                    raise _Corrupt(f"tensor '{name}' is cut short (truncated file)")
-                array = buffer.view(_ST_DTYPES[dtype_name]).reshape(shape)
-                if dtype_name == "BF16":
-                    array = _bf16_to_f32(array)
-                tensors[name] = array.astype(array.dtype.newbyteorder("="), copy=False)
-            return tensors
+    """Every tensor of a safetensors file as a numpy array; BF16 tensors become float32.
+
+    numpy has no bfloat16, so files holding BF16 are decoded from their raw bytes.
+    """
+    try:
+        with _open_safetensors(path) as handle:
+            keys = list(handle.keys())
+            if not any(handle.get_slice(k).get_dtype() == "BF16" for k in keys):
+                return {k: handle.get_tensor(k) for k in keys}
+        with open(path, "rb") as f:
+            entries = safetensors.deserialize(f.read())
+    except CheckpointFormatError:
+        raise
+    except (safetensors.SafetensorError, OSError, ValueError) as exc:
+        raise _safetensors_error(os.fspath(path), exc) from None
+    return {name: _from_raw(info) for name, info in entries}
+
+
+def _from_raw(info):
+    codes = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8",
+             "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "U16": "<u2", "U32": "<u4",
+             "U64": "<u8", "BOOL": "?"}
+    dtype = info["dtype"].upper() if isinstance(info["dtype"], str) else str(info["dtype"])
+    if dtype not in codes:
+        raise CheckpointFormatError(f"unsupported safetensors dtype {dtype}")
+    array = np.frombuffer(bytes(info["data"]), dtype=codes[dtype]).reshape(info["shape"])
+    if dtype == "BF16":
+        return bf16_to_f32(array)
+    return array.astype(array.dtype.newbyteorder("="))
 
 
 def load_safetensors_metadata(path):
     """The ``__metadata__`` string map of a safetensors file (empty if absent)."""
-    with _format_errors(os.fspath(path)):
-        f, (_entries, metadata, _start) = _open_safetensors(path)
-        with f:
-            return metadata
+    with _open_safetensors(path) as handle:
+        return handle.metadata() or {}
 
 
 def save_safetensors(tensors, path, metadata=None):
-    """Write numpy arrays as a safetensors file, atomically (temp file + rename).
-
-    Tensors are laid out largest element size first so every tensor is
-    naturally aligned, as the reference writer does.
-    """
+    """Write numpy arrays as a safetensors file, atomically."""
     arrays = {}
     for name, array in tensors.items():
         if not isinstance(name, str) or name == "__metadata__":
             raise ValueError(f"invalid tensor name {name!r}")
         if not isinstance(array, np.ndarray):
             raise TypeError(f"tensor '{name}' is a {type(array).__name__}, not a numpy array")
-        code = _ST_CODES.get(array.dtype.newbyteorder("=").str)
-        if code is None:
-            raise ValueError(f"tensor '{name}' has dtype {array.dtype}, which safetensors "
-                             f"cannot store (supported: {', '.join(sorted(_ST_CODES.values()))})")
-        arrays[name] = (code, np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C"))
+        # The package writes the array's memory as it is: make it C-ordered first.
+        arrays[name] = array if array.flags.c_contiguous else array.copy(order="C")
     if metadata is not None and not all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise ValueError("safetensors metadata must map strings to strings")
 
-    header = {"__metadata__": dict(metadata)} if metadata else {}
-    offset = 0
-    order = sorted(arrays, key=lambda n: (-arrays[n][1].itemsize, n))
-    for name in order:
-        code, array = arrays[name]
-        header[name] = {"dtype": code, "shape": list(array.shape),
-                        "data_offsets": [offset, offset + array.nbytes]}
-        offset += array.nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    blob += b" " * (-len(blob) % 8)
+    def write(tmp):
+        try:
+            save_file(arrays, tmp, metadata=metadata)
+        except safetensors.SafetensorError as exc:
+            raise ValueError(f"cannot write {path}: {' '.join(str(exc).split())}") from None
 
-    def write(f):
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for name in order:
-            f.write(arrays[name][1].tobytes())
+    return atomic_write(path, write)
 
-    _atomic_write(path, write)
-
-
-def _atomic_write(path, write):
-    """Write via a temp file in the target directory so readers never see a partial file."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates the file 0600; give it the mode open() would have.
-        # Reading the umask means setting it, which is the only portable way.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-# ---------------------------------------------------------------------------
-# Dispatch
 
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".tar")
 
@@ -721,7 +108,7 @@ def _sniff(path):
         size = os.fstat(f.fileno()).st_size
     if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= size - 8:
         return "safetensors"
-    if head.startswith(_ZIP_MAGIC) or head[:1] == b"\x80":
+    if head.startswith(ZIP_MAGIC) or head[:1] == b"\x80":
         return "torch"
     return None
 

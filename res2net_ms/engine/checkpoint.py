@@ -4,18 +4,23 @@ A training checkpoint holds the network parameters under their own names (so any
 loader reads it as plain weights), the optimizer state (``global_step``, ``moments.*``,
 ``adam_m.*`` ...), the EMA weights (``ema.*``, ``ema_updates``), the loss-scale state and
 metadata (``meta.*``): format, epoch, global step, best top-1 and its epoch, model, whether
-EMA weights are present and the resolved config as YAML. Files are written to a temporary name and renamed, so a crash never leaves a
-truncated checkpoint under a real name.
+EMA weights are present and the resolved config as YAML. Every file is written through
+:func:`res2net_ms.ckpt.save_ckpt`, so a crash never leaves a truncated checkpoint under a
+real name.
 """
 import logging
 import os
 import re
+import shutil
 import urllib.request
 
 import numpy as np
-
-import mindspore as ms
 from mindspore import Tensor, nn
+
+from ..ckpt import CheckpointReadError, load_ckpt, save_ckpt
+from ..convert import load_into
+from ..fileio import atomic_write
+from ..models import get_model_config
 
 __all__ = ["CheckpointError", "FORMAT", "CheckpointKeeper", "state_parameters",
            "save_checkpoint_atomic", "read_checkpoint_meta", "load_training_state",
@@ -70,9 +75,6 @@ def state_parameters(network, optimizer=None, train_step=None, ema=None):
 
 def save_checkpoint_atomic(path, params, meta):
     """Write ``params`` and ``meta`` to ``path`` through a temporary file and a rename."""
-    from ..convert import save_ckpt
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     append = {}
     for key, value in meta.items():
         if key in _INT_META:
@@ -104,8 +106,8 @@ def read_checkpoint_meta(path):
     if not str(path).endswith(".ckpt") or not os.path.isfile(path):
         return None
     try:
-        values = ms.load_checkpoint(path, choice_func=lambda name: name in META_KEYS)
-    except (ValueError, RuntimeError):
+        values = load_ckpt(path, names=META_KEYS)
+    except CheckpointReadError:
         return None
     meta = _meta_from(values)
     return meta if meta.get("format") == FORMAT else None
@@ -113,10 +115,9 @@ def read_checkpoint_meta(path):
 
 def _load_dict(path):
     try:
-        return ms.load_checkpoint(path)
-    except (ValueError, RuntimeError) as exc:
-        detail = " ".join(str(exc).split())[:300]
-        raise CheckpointError(f"cannot read checkpoint '{path}': {detail}") from None
+        return load_ckpt(path)
+    except CheckpointReadError as exc:
+        raise CheckpointError(f"cannot read checkpoint: {exc}") from None
 
 
 def _assign(param, value):
@@ -164,8 +165,6 @@ def load_weights(network, path, model_name, use_ema=False):
     size differs from the checkpoint's is re-initialised (fine-tuning to another
     ``num_classes``), and the notes say so.
     """
-    from ..convert import load_into
-
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     meta = read_checkpoint_meta(path)
@@ -186,8 +185,6 @@ def load_weights(network, path, model_name, use_ema=False):
 
 def pretrained_file(model_name, cache_dir=None):
     """The official PyTorch weights of ``model_name``, downloaded once into a cache folder."""
-    from ..models import get_model_config
-
     cfg = get_model_config(model_name)
     if not cfg.url:
         raise CheckpointError(f"{cfg.name} has no published weights: train it from scratch or "
@@ -196,16 +193,12 @@ def pretrained_file(model_name, cache_dir=None):
     target = os.path.join(cache_dir, cfg.weights)
     if os.path.isfile(target):
         return target
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{target}.{os.getpid()}.part"
     _logger.info("downloading %s", cfg.url)
     try:
-        urllib.request.urlretrieve(cfg.url, tmp)
+        return atomic_write(target, lambda tmp: urllib.request.urlretrieve(cfg.url, tmp))
     except OSError as exc:
         raise CheckpointError(f"cannot download {cfg.url}: {exc}; download it yourself and "
                               f"pass --ckpt_path") from None
-    os.replace(tmp, target)
-    return target
 
 
 class CheckpointKeeper:
@@ -244,15 +237,12 @@ class CheckpointKeeper:
         return written
 
     def _link(self, source, target):
-        tmp = os.path.join(self.save_dir, f".{os.path.basename(target)}.{os.getpid()}.tmp")
-        try:
-            os.link(source, tmp)
-        except OSError:
-            import shutil
-
-            shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-        return target
+        def link(tmp):
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+        return atomic_write(target, link)
 
     def _prune(self):
         found = []

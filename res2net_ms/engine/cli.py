@@ -3,31 +3,40 @@
 Input problems (config, data folder, checkpoint) end the run with one ``error:`` line and
 exit status 2; other exceptions are bugs and keep their traceback (status 1).
 """
+import os
 import sys
 import traceback
 
-from ..config import ConfigError, parse_args
+from ..config import ConfigError, parse_args, peek_option
 from ..data import DataError
 from ..process import exit_process
+from .checkpoint import CheckpointError, read_checkpoint_meta
+from .trainer import train, validate
 
-__all__ = ["train_main", "validate_main", "exit_process"]
+__all__ = ["train_main", "validate_main", "parse_run_args", "exit_process"]
 
-_USER_ERRORS = (ConfigError, DataError)
+_USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
 
-def _user_errors():
-    from .checkpoint import CheckpointError
-
-    return _USER_ERRORS + (CheckpointError,)
+def parse_run_args(argv=None, base_checkpoint=None, prog=None, description=None):
+    """:func:`~res2net_ms.config.parse_args`, with the config stored in the training
+    checkpoint named by option ``base_checkpoint`` (``resume`` or ``ckpt_path``) as the base
+    when no ``--config`` is given."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    stored = None
+    if base_checkpoint and not peek_option(argv, "config"):
+        path = peek_option(argv, base_checkpoint)
+        meta = read_checkpoint_meta(path) if path and os.path.isfile(path) else None
+        if meta and meta.get("config"):
+            stored = (meta["config"], f"{path} (stored config)")
+    return parse_args(argv, stored_config=stored, prog=prog, description=description)
 
 
 def _run(run, argv, base_checkpoint, prog, description):
     try:
-        args = parse_args(argv, base_checkpoint=base_checkpoint, prog=prog,
-                          description=description)
-        run(args)
+        run(parse_run_args(argv, base_checkpoint, prog, description))
         return 0
-    except _user_errors() as exc:
+    except _USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
@@ -42,17 +51,11 @@ def _run(run, argv, base_checkpoint, prog, description):
 
 def train_main(argv=None):
     """``python train.py``: returns the exit status."""
-    from .trainer import train
-
     return _run(train, argv, "resume", "train.py",
                 "Train a Res2Net (options from --config YAML, overridden by the command line).")
 
 
 def validate_main(argv=None):
     """``python validate.py``: returns the exit status."""
-    from .trainer import validate
-
     return _run(validate, argv, "ckpt_path", "validate.py",
                 "Evaluate a checkpoint: top-1, top-5, loss, images/s.")
-
-

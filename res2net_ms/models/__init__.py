@@ -1,8 +1,8 @@
-"""Res2Net networks as MindSpore cells, and the model zoo."""
+"""Res2Net networks as MindSpore cells, and the model zoo's data (names and configs)."""
 from .block import Bottle2neck
 from .dla import DLA
-from .registry import ModelConfig, create_model, get_model_config, list_models
+from .registry import MODELS, ModelConfig, build_network, get_model_config, list_models
 from .res2net import Res2Net
 
-__all__ = ["Bottle2neck", "DLA", "ModelConfig", "Res2Net", "create_model", "get_model_config",
+__all__ = ["MODELS", "Bottle2neck", "DLA", "ModelConfig", "Res2Net", "build_network", "get_model_config",
            "list_models"]

@@ -1,5 +1,9 @@
-"""The model zoo: every published Res2Net by name, with its config, and ``create_model``."""
+"""The model zoo's data: every published Res2Net by name, with its config.
+
+Building a model with weights is :func:`res2net_ms.factory.create_model`, one layer up.
+"""
 import difflib
+import fnmatch
 from dataclasses import dataclass, field
 
 from .dla import DLA
@@ -17,6 +21,10 @@ class ModelConfig:
     ``params`` is the trainable-parameter count with 1000 classes (equal to the official
     PyTorch model); ``top1``/``top5`` and ``gmacs`` are the published ImageNet numbers
     (None where none were published); ``weights`` is the official PyTorch file name.
+    ``first_conv`` and ``classifier`` name the input conv's weight and the classifier cell
+    (the converter adapts the one and re-initialises the other); ``conv_classifier`` says the
+    official checkpoint stores the classifier as a 1x1 conv (DLA). ``extra`` holds notes
+    (``weights_note``: where weights exist that cannot be downloaded by URL).
     """
 
     name: str
@@ -29,6 +37,7 @@ class ModelConfig:
     weights: str = None
     first_conv: str = "conv1.weight"
     classifier: str = "fc"
+    conv_classifier: bool = False
     aliases: tuple = ()
     input_size: tuple = (3, 224, 224)
     mean: tuple = IMAGENET_MEAN
@@ -83,14 +92,16 @@ _CONFIGS = [
                 "res2net101_v1b_26w_4s-0812c246.pth",
                 aliases=("res2net101_v1b", "res2net101d"), **_DEEP),
     ModelConfig("res2net152_v1b_26w_4s", Res2Net, _v1b(_L152), 61_294_480,
-                aliases=("res2net152_v1b",), **_DEEP),
+                aliases=("res2net152_v1b",), extra=dict(weights_note="(SharePoint only)"),
+                **_DEEP),
     ModelConfig("res2next50", Res2Net, dict(layers=_L50, base_width=4, scale=4, cardinality=8),
                 24_671_464, 78.24, 93.91, 4.2, "res2next50_4s-6ef7e7bf.pth"),
     ModelConfig("res2net_dla60", DLA, dict(base_width=28, scale=4), 21_145_544, 78.47, 94.20,
-                4.2, "res2net_dla60_4s-d88db7f9.pth", first_conv="base_layer.0.weight"),
+                4.2, "res2net_dla60_4s-d88db7f9.pth", first_conv="base_layer.0.weight",
+                conv_classifier=True),
     ModelConfig("res2next_dla60", DLA, dict(base_width=4, scale=4, cardinality=8), 17_330_456,
                 78.45, 94.14, 3.6, "res2next_dla60_4s-d327927b.pth",
-                first_conv="base_layer.0.weight"),
+                first_conv="base_layer.0.weight", conv_classifier=True),
 ]
 
 MODELS = {cfg.name: cfg for cfg in _CONFIGS}
@@ -99,8 +110,6 @@ ALIASES = {alias: cfg.name for cfg in _CONFIGS for alias in cfg.aliases}
 
 def list_models(pattern=None, aliases=False):
     """Sorted model names (with ``aliases=True`` their aliases too), filtered by a glob."""
-    import fnmatch
-
     names = sorted(MODELS) + (sorted(ALIASES) if aliases else [])
     return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
 
@@ -117,38 +126,8 @@ def get_model_config(name):
     return MODELS[key]
 
 
-def create_model(name, num_classes=1000, in_channels=3, drop_rate=0.0, drop_path_rate=0.0,
-                 checkpoint_path=None, features_only=False, out_indices=None, frozen_stages=-1,
-                 norm_eval=False, output_stride=32, **kwargs):
-    """Build a zoo model by name.
-
-    Args:
-        name: a name or alias from :func:`list_models`.
-        num_classes: classifier outputs (0: pooled features).
-        in_channels: input channels.
-        drop_rate: dropout before the classifier.
-        drop_path_rate: stochastic depth over the blocks (really applied).
-        checkpoint_path: weights to load: a MindSpore ``.ckpt`` or any PyTorch/safetensors file
-            the converter reads. A classifier of another size is left out and re-initialised.
-        features_only: return stage feature maps instead of logits.
-        out_indices: stages returned with ``features_only`` (default: every stage after the
-            stem: 1..4 for ResNet layouts at strides 4-32, 0..5 for DLA levels).
-        frozen_stages: freeze the stem and stages 1..k (-1: none).
-        norm_eval: keep every BN in inference mode.
-        output_stride: 32, 16 or 8 (dilated last stages; ResNet layouts only).
-        **kwargs: network arguments overriding the model's own (e.g. ``zero_init_last``).
-    """
-    cfg = get_model_config(name)
-    args = dict(cfg.kwargs, num_classes=num_classes, in_channels=in_channels,
-                drop_rate=drop_rate, drop_path_rate=drop_path_rate, features_only=features_only,
-                frozen_stages=frozen_stages, norm_eval=norm_eval, output_stride=output_stride)
-    if out_indices is not None:
-        args["out_indices"] = out_indices
-    args.update(kwargs)
-    net = cfg.arch(**args)
+def build_network(cfg, **kwargs):
+    """The network of ``cfg`` without weights: its own arguments, overridden by ``kwargs``."""
+    net = cfg.arch(**dict(cfg.kwargs, **kwargs))
     net.default_cfg = cfg
-    if checkpoint_path:
-        from ..convert import load_into
-
-        load_into(net, checkpoint_path, model_name=cfg.name)
     return net

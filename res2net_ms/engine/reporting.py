@@ -1,0 +1,118 @@
+"""What a run tells the user: the progress display, the epoch log line and ``metrics.jsonl``."""
+import json
+import os
+import sys
+import time
+
+from tqdm import tqdm
+
+from ..fileio import write_text
+from .setup import logger
+
+__all__ = ["Progress", "MetricsFile", "epoch_line", "duration"]
+
+
+def duration(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """A tqdm bar on a terminal, otherwise a log line every ``log_interval`` steps.
+
+    Speed and ETA leave out the run's first step, which includes the compile. The loop only
+    waits for the device where this output needs a number (:meth:`wants_sync`), so that
+    steps stay queued on Ascend/GPU between log lines.
+    """
+
+    def __init__(self, args, steps_per_epoch, total_steps, enabled):
+        mode = args.progress_bar
+        self.bar_mode = enabled and (mode == "on" or (mode == "auto" and sys.stderr.isatty()))
+        self.log_mode = enabled and not self.bar_mode
+        self.interval = args.log_interval
+        self.steps = steps_per_epoch
+        self.total = total_steps
+        self.epochs = args.epoch_size
+        self.images_per_step = args.batch_size
+        self.bar = None
+        self.base = None
+
+    def start_epoch(self, epoch, global_step):
+        self.epoch = epoch
+        self.base = (time.perf_counter(), global_step) if self.base is not None else None
+        if self.bar_mode:
+            self.bar = tqdm(total=self.steps, desc=f"epoch {epoch}/{self.epochs}",
+                            dynamic_ncols=True, leave=False, file=sys.stderr)
+
+    def wants_sync(self, index):
+        return (self.base is None or self.bar is not None or index % self.interval == 0
+                or index == self.steps)
+
+    def speed(self, global_step):
+        """Images per second of this epoch so far (compile excluded), or None."""
+        if self.base is None or global_step <= self.base[1]:
+            return None
+        return (self.images_per_step * (global_step - self.base[1])
+                / max(time.perf_counter() - self.base[0], 1e-9))
+
+    def update(self, index, global_step, loss, lr, done):
+        """Called after a sync; ``done`` steps completed since the previous call."""
+        if self.base is None:
+            self.base = (time.perf_counter(), global_step)
+        speed = self.speed(global_step) or 0.0
+        eta = (self.total - global_step) * self.images_per_step / speed if speed else 0.0
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.3g} img/s {speed:.1f} "
+                                     f"run eta {duration(eta)}")
+            self.bar.update(done)
+        elif self.log_mode and (index % self.interval == 0 or index == self.steps):
+            logger.info("epoch %d/%d step %d/%d loss %.4f lr %.6f img/s %.1f eta %s",
+                        self.epoch, self.epochs, index, self.steps, loss, lr, speed,
+                        duration(eta))
+
+    def end_epoch(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class MetricsFile:
+    """``metrics.jsonl``: one JSON line per epoch. A resumed run drops the lines of the epochs
+    it is about to redo, so the file always describes one consistent run; every write
+    replaces the whole file atomically."""
+
+    def __init__(self, path, keep_until_epoch, enabled):
+        self.path = path
+        self.enabled = enabled
+        self.lines = []
+        if not enabled:
+            return
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    line = line.strip()
+                    if line and json.loads(line).get("epoch", 0) <= keep_until_epoch:
+                        self.lines.append(line)
+        write_text(path, "".join(line + "\n" for line in self.lines))
+
+    def append(self, record):
+        if self.enabled:
+            self.lines.append(json.dumps(record))
+            write_text(self.path, "".join(line + "\n" for line in self.lines))
+
+
+def epoch_line(record, epochs, ema):
+    """The log line of an epoch record: loss, lr, time, speed, validation, overflow."""
+    loss = record["train_loss"]
+    line = (f"epoch {record['epoch']}/{epochs} loss {'n/a' if loss is None else f'{loss:.4f}'} "
+            f"lr {record['lr']:.6f} {record['train_seconds']:.1f}s")
+    if record["train_images_per_s"]:
+        line += f" ({record['train_images_per_s']:.1f} img/s)"
+    if "val_top1" in record:
+        line += (f" | val{' (EMA)' if ema else ''} top-1 {record['val_top1']:.2f}% "
+                 f"top-5 {record['val_top5']:.2f}% loss {record['val_loss']:.4f}"
+                 f"{' *best*' if record['best_epoch'] == record['epoch'] else ''}")
+    if record.get("skipped_steps"):
+        line += (f" | {record['skipped_steps']} overflow steps skipped, loss scale "
+                 f"{record['loss_scale']:g}")
+    return line

@@ -1,0 +1,42 @@
+"""``create_model``: a zoo network by name, with its weights loaded through the converter.
+
+This sits above the zoo (:mod:`res2net_ms.models`) and the converter
+(:mod:`res2net_ms.convert`), as timm's ``_builder.py`` beside its ``_registry.py``.
+"""
+from .convert import load_into
+from .models import build_network, get_model_config
+
+__all__ = ["create_model"]
+
+
+def create_model(name, num_classes=1000, in_channels=3, drop_rate=0.0, drop_path_rate=0.0,
+                 checkpoint_path=None, features_only=False, out_indices=None, frozen_stages=-1,
+                 norm_eval=False, output_stride=32, **kwargs):
+    """Build a zoo model by name.
+
+    Args:
+        name: a name or alias from :func:`list_models`.
+        num_classes: classifier outputs (0: pooled features).
+        in_channels: input channels (3-channel weights are adapted to others, as timm does).
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth over the blocks (really applied).
+        checkpoint_path: weights to load: a MindSpore ``.ckpt`` or any PyTorch/safetensors file
+            the converter reads. A classifier of another size is left out and re-initialised.
+        features_only: return stage feature maps instead of logits.
+        out_indices: stages returned with ``features_only`` (default: every stage after the
+            stem: 1..4 for ResNet layouts at strides 4-32, 0..5 for DLA levels).
+        frozen_stages: freeze the stem and stages 1..k (-1: none).
+        norm_eval: keep every BN in inference mode.
+        output_stride: 32, 16 or 8 (dilated last stages; ResNet layouts only).
+        **kwargs: network arguments overriding the model's own (e.g. ``zero_init_last``).
+    """
+    cfg = get_model_config(name)
+    args = dict(num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
+                drop_path_rate=drop_path_rate, features_only=features_only,
+                frozen_stages=frozen_stages, norm_eval=norm_eval, output_stride=output_stride)
+    if out_indices is not None:
+        args["out_indices"] = out_indices
+    net = build_network(cfg, **args, **kwargs)
+    if checkpoint_path:
+        load_into(net, checkpoint_path, model_name=cfg.name)
+    return net
