@@ -18,6 +18,7 @@ from conftest import DEMO, LIGHT, REPO, ckpt_arrays, read_metrics, run_args
 from res2net_ms.config import parse_args
 from res2net_ms.engine import (build_network, load_weights, parse_run_args,
                                read_checkpoint_meta, train, validate)
+from res2net_ms.engine.checkpoint import checkpoint_classes
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +51,7 @@ def test_training_learns_and_writes_its_files(trained):
     meta = read_checkpoint_meta(os.path.join(save_dir, "last.ckpt"))
     assert (meta["epoch"], meta["global_step"], meta["has_ema"]) == (3, 3 * 44, 1)
     assert "model: res2net50_26w_4s" in meta["config"]
+    assert checkpoint_classes(os.path.join(save_dir, "best.ckpt")) == [str(i) for i in range(10)]
     with open(os.path.join(save_dir, "train.log")) as f:
         log = f.read()
     assert "epoch 3/3" in log and "val (EMA) top-1" in log

@@ -4,10 +4,11 @@ A training checkpoint holds the network parameters under their own names (so any
 loader reads it as plain weights), the optimizer state (``global_step``, ``moments.*``,
 ``adam_m.*`` ...), the EMA weights (``ema.*``, ``ema_updates``), the loss-scale state and
 metadata (``meta.*``): format, epoch, global step, best top-1 and its epoch, model, whether
-EMA weights are present and the resolved config as YAML. Every file is written through
+EMA weights are present, the resolved config as YAML and the class-folder names (JSON). Every file is written through
 :func:`res2net_ms.ckpt.save_ckpt`, so a crash never leaves a truncated checkpoint under a
 real name.
 """
+import json
 import logging
 import os
 import re
@@ -23,13 +24,14 @@ from ..fileio import atomic_write
 from ..models import get_model_config
 
 __all__ = ["CheckpointError", "FORMAT", "CheckpointKeeper", "state_parameters",
-           "save_checkpoint_atomic", "read_checkpoint_meta", "load_training_state",
+           "save_checkpoint_atomic", "read_checkpoint_meta", "checkpoint_classes",
+           "load_training_state",
            "load_weights", "pretrained_file"]
 
 FORMAT = "res2net_ms.train/1"
 _INT_META = ("epoch", "global_step", "best_epoch", "has_ema")
 _FLOAT_META = ("best_top1",)
-_STR_META = ("format", "model", "config")
+_STR_META = ("format", "model", "config", "classes")
 # Stored as "meta.<key>": the optimizer already has a parameter called "global_step".
 _PREFIX = "meta."
 META_KEYS = tuple(_PREFIX + k for k in _INT_META + _FLOAT_META + _STR_META)
@@ -111,6 +113,12 @@ def read_checkpoint_meta(path):
         return None
     meta = _meta_from(values)
     return meta if meta.get("format") == FORMAT else None
+
+
+def checkpoint_classes(path):
+    """The class-folder names a training checkpoint was trained on (index order), or None."""
+    meta = read_checkpoint_meta(path) or {}
+    return json.loads(meta["classes"]) if meta.get("classes") else None
 
 
 def _load_dict(path):

@@ -1,4 +1,5 @@
 """The work at the end of every epoch: BN averaging, validation, the record, checkpoints."""
+import json
 import time
 
 import numpy as np
@@ -40,8 +41,10 @@ class EpochEnd:
     validates when due (with the EMA weights if any), logs the epoch, writes its record to
     ``metrics.jsonl`` and its checkpoints (rank 0), and updates the run's state."""
 
-    def __init__(self, args, network, parts, keeper, metrics, config_yaml, rank, group_size):
+    def __init__(self, args, network, parts, keeper, metrics, config_yaml, classes, rank,
+                 group_size):
         self.args = args
+        self.classes = json.dumps(list(classes))
         self.parts = parts
         self.keeper = keeper
         self.metrics = metrics
@@ -100,4 +103,4 @@ class EpochEnd:
         return {"format": FORMAT, "epoch": state.epoch, "global_step": state.global_step,
                 "best_top1": state.best_top1, "best_epoch": state.best_epoch,
                 "model": self.model_name, "has_ema": int(self.parts.ema is not None),
-                "config": self.config_yaml}
+                "config": self.config_yaml, "classes": self.classes}

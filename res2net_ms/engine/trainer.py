@@ -56,8 +56,8 @@ def train(args):
                               args.keep_checkpoint_max)
     metrics = MetricsFile(os.path.join(save_dir, "metrics.jsonl"), state.epoch, rank == 0)
     progress = Progress(args, steps_per_epoch, steps_per_epoch * args.epoch_size, rank == 0)
-    end_epoch = EpochEnd(args, network, parts, keeper, metrics, config_to_yaml(args), rank,
-                         group_size)
+    end_epoch = EpochEnd(args, network, parts, keeper, metrics, config_to_yaml(args),
+                         data_info["classes"], rank, group_size)
     run_start, first_epoch = time.perf_counter(), state.epoch
 
     for epoch in range(first_epoch, args.epoch_size):
