@@ -4,9 +4,12 @@ The converter (weights) and the engine (training state) both go through these, s
 checkpoint is written atomically (:func:`res2net_ms.fileio.atomic_write`) and every unreadable
 file fails with the same one-line :class:`CheckpointReadError`.
 """
+import contextlib
+import logging
 import os
 
 import mindspore as ms
+from mindspore import log as ms_log
 
 from .fileio import atomic_write
 
@@ -24,9 +27,26 @@ def save_ckpt(weights, path, append_dict=None):
     """
     items = [{"name": k, "data": v if isinstance(v, ms.Tensor) else ms.Tensor(v)}
              for k, v in weights.items()]
+
+    def write(tmp):
+        with _quiet_mindspore():
+            ms.save_checkpoint(items, tmp, append_dict=append_dict)
+
     # save_checkpoint appends ".ckpt" to other names, so the temporary name ends with it.
-    return atomic_write(path, lambda tmp: ms.save_checkpoint(items, tmp, append_dict=append_dict),
-                        suffix=".ckpt")
+    return atomic_write(path, write, suffix=".ckpt")
+
+
+@contextlib.contextmanager
+def _quiet_mindspore():
+    """MindSpore logs a CRITICAL line of its own when a save fails; our error says it in one
+    line (its logger is private API: ``mindspore.log._get_logger``)."""
+    logger = ms_log._get_logger()
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def load_ckpt(path, names=None):

@@ -61,12 +61,16 @@ OPTIONS = [
     _O("log_interval", "system", 100, "int", "steps between log lines (without a progress bar)"),
     _O("progress_bar", "system", "auto", "str", "auto: a bar when the output is a terminal",
        choices=("auto", "on", "off")),
+    _O("dataset_sink_mode", "system", False, "bool",
+       "sink the data to the device (Ascend/GPU: mindspore.data_sink; CPU has no sink)"),
     # Dataset
     _O("dataset", "dataset", "imagefolder", "str",
        "data_dir layout: one folder per class under each split",
        choices=("imagefolder", "imagenet", "")),
     _O("data_dir", "dataset", None, "str", "folder holding the train and val splits",
        optional=True),
+    _O("dataset_download", "dataset", False, "bool",
+       "mindcv: download MNIST/CIFAR (not available here: use data_dir)"),
     _O("train_split", "dataset", "train", "str", "sub-folder of data_dir used for training"),
     _O("val_split", "dataset", "val", "str", "sub-folder of data_dir used for validation"),
     _O("shuffle", "dataset", True, "bool", "shuffle the training data every epoch"),
@@ -74,6 +78,11 @@ OPTIONS = [
        optional=True),
     _O("batch_size", "dataset", 128, "int", "images per step and per rank"),
     _O("drop_remainder", "dataset", True, "bool", "drop the last incomplete training batch"),
+    _O("eval_shuffle", "dataset", False, "bool", "shuffle the validation order (metrics equal)"),
+    _O("aug_repeats", "dataset", 0, "int",
+       "repeated augmentation: each image this many times per epoch, spread over ranks"),
+    _O("skip_bad_images", "dataset", False, "bool",
+       "replace an undecodable image by its neighbour (and count it) instead of stopping"),
     # Augmentation
     _O("image_resize", "augmentation", None, "int", "input size (null: the model's)",
        optional=True),
@@ -99,6 +108,9 @@ OPTIONS = [
     _O("re_ratio", "augmentation", [0.3, 3.3], "floats", "random erasing aspect range",
        length=2),
     _O("re_value", "augmentation", 0, "int", "random erasing fill value"),
+    _O("re_max_attempts", "augmentation", 10, "int", "random erasing: tries to find an area"),
+    _O("aug_splits", "augmentation", 0, "int",
+       "mindcv: 3 = clean + two auto_augment views of every image in each batch"),
     _O("mixup", "augmentation", 0.0, "float", "mixup alpha (0: off)"),
     _O("cutmix", "augmentation", 0.0, "float", "cutmix alpha (0: off)"),
     _O("cutmix_prob", "augmentation", 1.0, "float", "probability of mixing a batch"),
@@ -122,17 +134,34 @@ OPTIONS = [
     _O("ema", "model", False, "bool",
        "train: keep an EMA of the weights; validate: evaluate a checkpoint's EMA weights"),
     _O("ema_decay", "model", 0.9999, "float", "EMA decay"),
-    _O("resume", "model", "", "str", "training checkpoint to continue from (any file name)"),
+    _O("resume", "model", "", "str",
+       "training checkpoint to continue from (any file name); auto: the newest in "
+       "ckpt_save_dir, or a fresh start when there is none"),
+    _O("resume_opt", "model", False, "bool",
+       "mindcv: with ckpt_path, continue that training checkpoint (as --resume)"),
+    _O("overwrite", "model", False, "bool",
+       "start afresh in a ckpt_save_dir that holds another run (its files are deleted)"),
     _O("epoch_size", "model", 90, "int", "training epochs"),
     _O("ckpt_save_dir", "model", "./ckpt", "str",
        "checkpoints, metrics.jsonl, train.log and the resolved config"),
     _O("ckpt_save_interval", "model", 1, "int", "also keep a numbered checkpoint every N epochs"),
-    _O("keep_checkpoint_max", "model", 10, "int", "numbered checkpoints kept (oldest deleted)"),
+    _O("keep_checkpoint_max", "model", 10, "int", "numbered checkpoints kept"),
+    _O("ckpt_save_policy", "model", "latest_k", "str",
+       "which numbered checkpoints are kept: the latest, or the best by validation top-1",
+       choices=("latest_k", "top_k"), optional=True),
+    _O("ckpt_save_steps", "model", 0, "int",
+       "also write last.ckpt every N steps inside an epoch (0: at epoch ends only)"),
+    _O("max_nonfinite_steps", "model", 5, "int",
+       "without a dynamic loss scale: stop after this many non-finite losses in a row"),
     _O("val_while_train", "model", False, "bool", "validate during training (needed for best)"),
     _O("val_interval", "model", 1, "int", "epochs between validations"),
     # Loss
     _O("loss", "loss", "CE", "str", "mindcv loss name", choices=("CE", "BCE")),
     _O("label_smoothing", "loss", 0.0, "float", "label smoothing"),
+    _O("reduction", "loss", "mean", "str", "loss reduction over the batch",
+       choices=("mean", "sum")),
+    _O("aux_factor", "loss", 0.0, "float",
+       "mindcv: weight of an auxiliary head's loss (Res2Net has none)"),
     # Optimizer
     _O("opt", "optimizer", "momentum", "str", "mindcv optimizer",
        choices=("sgd", "momentum", "nesterov", "adam", "adamw", "lion", "nadam", "adan",
@@ -145,6 +174,11 @@ OPTIONS = [
        choices=("disable", "auto", "norm_and_bias")),
     _O("clip_grad", "optimizer", False, "bool", "clip gradients by global norm"),
     _O("clip_value", "optimizer", 15.0, "float", "global-norm limit"),
+    _O("eps", "optimizer", 1e-10, "float", "adaptive optimizers: term added to the denominator"),
+    _O("layer_decay", "optimizer", None, "float",
+       "layer-wise learning-rate decay: stage k of n gets lr * decay^(n-k)", optional=True),
+    _O("gradient_accumulation_steps", "optimizer", 1, "int",
+       "average the gradients of N batches per update"),
     # Scheduler
     _O("scheduler", "scheduler", "cosine_decay", "str", "mindcv learning-rate schedule",
        choices=("constant", "cosine_decay", "warmup_cosine_decay", "step_decay",
@@ -173,6 +207,12 @@ OPTIONS = [
     _O("scale_window", "amp", 2000, "int", "dynamic loss scale: good steps before growing"),
     _O("drop_overflow_update", "amp", False, "bool",
        "fixed loss scale: skip steps whose gradients overflow (dynamic always skips)"),
+    _O("amp_cast_list", "amp", None, "str",
+       "cells cast by amp_level instead of mindcv's lists, e.g. '[nn.BatchNorm2d]'",
+       optional=True),
+    _O("val_amp_level", "amp", None, "str",
+       "validate.py's mixed precision (null: amp_level)", choices=("O0", "O1", "O2", "O3"),
+       optional=True),
 ]
 OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
 GROUPS = ("system", "dataset", "augmentation", "model", "loss", "optimizer", "scheduler", "amp")
@@ -358,7 +398,8 @@ def _check_semantics(args):
         raise ConfigError(f"model: {exc}") from None
     positive = ("batch_size", "epoch_size", "num_classes", "in_channels", "log_interval",
                 "val_interval", "ckpt_save_interval", "keep_checkpoint_max", "num_cycles",
-                "scale_window")
+                "scale_window", "max_nonfinite_steps", "gradient_accumulation_steps",
+                "re_max_attempts")
     for name in positive:
         if getattr(args, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(args, name)}")
@@ -385,6 +426,18 @@ def _check_semantics(args):
         raise ConfigError(f"ema_decay must be in (0, 1), got {args.ema_decay}")
     if args.warmup_epochs < 0:
         raise ConfigError(f"warmup_epochs must be >= 0, got {args.warmup_epochs}")
+    if args.ckpt_save_steps < 0 or args.aug_repeats < 0:
+        raise ConfigError("ckpt_save_steps and aug_repeats must be >= 0")
+    if args.aug_splits not in (0, 3):
+        raise ConfigError(f"aug_splits must be 0 or 3 (mindcv's only split count), got "
+                          f"{args.aug_splits}")
+    if args.aug_splits and not args.auto_augment:
+        raise ConfigError("aug_splits needs an auto_augment policy for its two augmented views")
+    if args.layer_decay is not None and not 0 < args.layer_decay <= 1:
+        raise ConfigError(f"layer_decay must be in (0, 1], got {args.layer_decay}")
+    if args.ckpt_save_policy == "top_k" and not args.val_while_train:
+        raise ConfigError("ckpt_save_policy top_k keeps the best checkpoints by validation "
+                          "top-1: set val_while_train: true, or use latest_k")
 
 
 def peek_option(argv, name):

@@ -8,12 +8,16 @@ temporary file is removed and the previous file, if any, stays as it was.
 import contextlib
 import errno
 import os
+import re
 import shutil
 
-__all__ = ["atomic_write", "write_text", "write_bytes", "WriteError", "TEMP_MARK"]
+__all__ = ["atomic_write", "write_text", "write_bytes", "remove_stale_temporaries", "WriteError",
+           "TEMP_MARK"]
 
-# Temporary names contain this mark, so that readers (and kill tests) can recognise them.
+# Temporary names contain this mark and the writer's process id, so that readers (and kill
+# tests) recognise them and leftovers of killed writers can be removed.
 TEMP_MARK = ".tmp-"
+_TEMP_NAME = re.compile(re.escape(TEMP_MARK) + r"(\d+)")
 
 
 class WriteError(OSError):
@@ -65,7 +69,8 @@ def atomic_write(path, write, suffix=""):
     """
     path = os.fspath(path)
     folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name}{TEMP_MARK}{os.getpid()}{suffix}")
+    prefix = f".{name}{TEMP_MARK}{os.getpid()}"
+    tmp = os.path.join(folder, prefix + suffix)
     try:
         os.makedirs(folder, exist_ok=True)
         write(tmp)
@@ -75,22 +80,26 @@ def atomic_write(path, write, suffix=""):
         os.replace(tmp, path)
         _fsync_folder(folder)
     except OSError as exc:
-        _remove(tmp)
+        _remove_temporaries(folder, prefix)
         if isinstance(exc, WriteError):
             raise
         raise _explain(exc, path) from None
     except BaseException:
-        _remove(tmp)
+        _remove_temporaries(folder, prefix)
         raise
     return path
 
 
-def _remove(path):
+def _remove_temporaries(folder, prefix):
+    """Remove the temporary file, and any the writer made beside it from its name (MindSpore
+    writes ``<name>.tmp`` first)."""
     with contextlib.suppress(OSError):
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.remove(path)
+        for entry in os.scandir(folder):
+            if entry.name.startswith(prefix):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.remove(entry.path)
 
 
 def write_bytes(path, data):
@@ -104,3 +113,27 @@ def write_bytes(path, data):
 def write_text(path, text):
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     return write_bytes(path, text.encode("utf-8"))
+
+
+def remove_stale_temporaries(folder):
+    """Remove the temporary files that writers killed mid-write left in ``folder`` (their
+    process is gone); returns their names."""
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for entry in os.scandir(folder):
+        match = _TEMP_NAME.search(entry.name)
+        if match and not _alive(int(match.group(1))):
+            _remove_temporaries(folder, entry.name)
+            removed.append(entry.name)
+    return removed
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -137,3 +137,36 @@ def test_cli_error_is_one_line_exit_2(tmp_path):
     assert lines[0].startswith(f"error: {cfg}: unknown key 'btach_size'; closest valid keys: "
                                f"batch_size")
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+
+
+MINDCV_ONLY = ("amp_cast_list", "aug_repeats", "aug_splits", "aux_factor", "ckpt_save_policy",
+               "dataset_download", "dataset_sink_mode", "eps", "eval_shuffle",
+               "gradient_accumulation_steps", "layer_decay", "re_max_attempts", "reduction",
+               "resume_opt", "val_amp_level")
+
+
+def test_every_mindcv_train_setting_is_accepted():
+    names = {o.name for o in OPTIONS}
+    assert not [k for k in MINDCV_ONLY if k not in names]
+    args = parse_args(["--gradient_accumulation_steps", "4", "--eps", "1e-8",
+                       "--layer_decay", "0.7", "--ckpt_save_policy", "top_k",
+                       "--val_while_train", "True", "--reduction", "sum",
+                       "--amp_cast_list", "[nn.BatchNorm2d]", "--val_amp_level", "O2"])
+    assert (args.gradient_accumulation_steps, args.eps, args.layer_decay) == (4, 1e-8, 0.7)
+    with pytest.raises(ConfigError, match="top_k.*val_while_train"):
+        parse_args(["--ckpt_save_policy", "top_k"])
+    with pytest.raises(ConfigError, match="aug_splits"):
+        parse_args(["--aug_splits", "2"])
+
+
+@pytest.mark.parametrize("name", sorted(n for n in os.listdir(os.path.join(
+    REPO, "configs", "mindcv")) if n.endswith(".yaml")))
+def test_mindcv_recipes_parse_verbatim(name):
+    path = os.path.join(REPO, "configs", "mindcv", name)
+    args = resolve_model_defaults(parse_args(["--config", path]))
+    with open(path) as f:
+        recipe = yaml.safe_load(f)
+    for key, value in recipe.items():
+        if key not in ("data_dir", "dataset"):
+            expected = list(value) if isinstance(value, list) else value
+            assert getattr(args, key) == expected, key

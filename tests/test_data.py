@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from res2net_ms.config import parse_args, resolve_model_defaults
-from res2net_ms.data import (DataError, build_transforms, check_imagefolder, create_eval_loader,
-                             create_train_loader, write_digits_imagefolder)
+from res2net_ms.data import (DataError, TrainData, build_transforms, check_imagefolder,
+                             create_eval_loader, epoch_order, write_digits_imagefolder)
 from res2net_ms.fileio import TEMP_MARK
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,10 +117,10 @@ def test_eval_transform_resizes_by_crop_pct(digits_dir):
 def test_train_order_is_fixed_per_epoch(digits_dir):
     args = _args(digits_dir, "--scale", "1", "1", "--ratio", "1", "1", "--hflip", "0")
 
+    data = TrainData(args, check_imagefolder(digits_dir)["samples"]["train"])
+
     def labels(epoch):
-        loader = create_train_loader(args, epoch)
-        return np.concatenate([b[1] for b in loader.create_tuple_iterator(
-            num_epochs=1, output_numpy=True)])
+        return np.concatenate([b[1].asnumpy() for b in data.batches(epoch)])
 
     first = labels(0)
     assert first.shape == (1400,)                     # 28 full batches of 50
@@ -130,12 +130,14 @@ def test_train_order_is_fixed_per_epoch(digits_dir):
 
 def test_eval_shards_cover_every_image_once(digits_dir):
     args = _args(digits_dir)
-    batches = list(create_eval_loader(args).create_tuple_iterator(num_epochs=1,
-                                                                 output_numpy=True))
+    samples = check_imagefolder(digits_dir)["samples"]["val"]
+    batches = list(create_eval_loader(args, samples).create_tuple_iterator(num_epochs=1,
+                                                                          output_numpy=True))
     single = np.concatenate([b[1] for b in batches])
     assert single.shape == (360,) and batches[-1][0].shape == (10, 3, 24, 24)
-    shards = [np.concatenate([b[1] for b in create_eval_loader(args, r, 7).create_tuple_iterator(
-        num_epochs=1, output_numpy=True)]) for r in range(7)]
+    shards = [np.concatenate([b[1] for b in create_eval_loader(
+        args, samples, r, 7).create_tuple_iterator(num_epochs=1, output_numpy=True)])
+        for r in range(7)]
     assert sum(len(s) for s in shards) == 360          # 52 + 6 x 51: uneven, nothing repeated
     assert sorted(np.concatenate(shards).tolist()) == sorted(single.tolist())
 
@@ -153,3 +155,125 @@ def test_bad_data_stops_the_cli_before_compiling(tmp_path):
         f"only in val/: none"]
     assert not os.path.exists(tmp_path / "ck")
     assert time.time() - start < 60
+
+
+def _copy_digits(digits_dir, root, per_class=6, val_per_class=2):
+    """A small copy of digits: ``per_class`` training images per class, sorted by name."""
+    for split, count in (("train", per_class), ("val", val_per_class)):
+        for cls in sorted(os.listdir(os.path.join(digits_dir, split))):
+            src, dst = os.path.join(digits_dir, split, cls), os.path.join(root, split, cls)
+            os.makedirs(dst)
+            for name in sorted(os.listdir(src))[:count]:
+                shutil.copy(os.path.join(src, name), dst)
+    return str(root)
+
+
+def _corrupt(path, how):
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write({"truncated": data[: len(data) // 2], "garbage": b"\x89PNG\r\n\x1a\n garbage",
+                 "text": b"just some notes, not an image"}[how])
+
+
+def _train_data(root, *extra):
+    args = _args(root, "--batch_size", "8", "--scale", "1", "1", "--ratio", "1", "1",
+                 "--hflip", "0", "--deterministic", "True", *extra)
+    return TrainData(args, check_imagefolder(root, 10)["samples"]["train"])
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "text"])
+def test_a_bad_image_is_named_in_one_line(digits_dir, tmp_path, how):
+    root = _copy_digits(digits_dir, tmp_path / "data")
+    victim = os.path.join(root, "train", "3", sorted(os.listdir(os.path.join(root, "train",
+                                                                             "3")))[1])
+    _corrupt(victim, how)
+    data = _train_data(root)
+    with pytest.raises(DataError) as info:
+        list(data.batches(0))
+    message = str(info.value)
+    assert "\n" not in message and victim in message
+    assert "skip_bad_images" in message and "res2net_ms.data check" in message
+
+
+def test_skip_bad_images_replaces_and_counts(digits_dir, tmp_path):
+    root = _copy_digits(digits_dir, tmp_path / "data")
+    victim = os.path.join(root, "train", "7", sorted(os.listdir(os.path.join(root, "train",
+                                                                             "7")))[0])
+    _corrupt(victim, "truncated")
+    data = _train_data(root, "--skip_bad_images", "True")
+    batches = list(data.batches(0))
+    assert data.skipped == [victim]
+    assert len(batches) == data.steps_per_epoch == 60 // 8   # the epoch keeps its length
+    again = list(data.batches(0))                            # and stays the same
+    for (a, la), (b, lb) in zip(batches, again):
+        np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
+
+
+def test_resumed_epoch_skips_batches_without_reading_them(digits_dir, tmp_path):
+    """Steps 0..2 of an epoch are never decoded when resuming at step 3: corrupt their files
+    and the remaining batches still equal those of the uninterrupted epoch."""
+    root = _copy_digits(digits_dir, tmp_path / "data")
+    data = _train_data(root)
+    full = [b.asnumpy() for b, _ in data.batches(1)]
+    order = data._order(1)
+    for index in order[: 3 * 8]:
+        _corrupt(data.samples[index][0], "garbage")
+    resumed = [b.asnumpy() for b, _ in data.batches(1, start_step=3)]
+    assert len(resumed) == len(full) - 3
+    for a, b in zip(resumed, full[3:]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_shards_are_equal_and_cover_the_epoch():
+    for n, size, repeats in ((1437, 2, 0), (65, 2, 0), (20, 3, 3), (16, 2, 0)):
+        shards = [epoch_order(n, 4, seed=42, repeats=repeats, rank=r, group_size=size)
+                  for r in range(size)]
+        assert len({len(s) for s in shards}) == 1            # equal steps on every rank
+        assert len(shards[0]) == -(-n // size)
+        covered = set(np.concatenate(shards).tolist())
+        assert covered == set(range(n)) or repeats > 1
+    one = epoch_order(100, 0, seed=1)
+    assert sorted(one.tolist()) == list(range(100))
+    assert not np.array_equal(one, epoch_order(100, 1, seed=1))
+    np.testing.assert_array_equal(epoch_order(10, 3, seed=0, shuffle=False), np.arange(10))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "tiny"])
+def test_unusual_images_train_as_rgb(tmp_path, mode):
+    rng = np.random.RandomState(0)
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            for i in range(4):
+                size = 5 if mode == "tiny" else 40
+                image = Image.fromarray(rng.randint(0, 255, (size, size, 3), np.uint8))
+                if mode != "tiny":
+                    image = image.convert(mode)
+                image.save(folder / f"{i}.{'jpg' if mode == 'CMYK' else 'png'}")
+    args = resolve_model_defaults(parse_args([
+        "--data_dir", str(tmp_path), "--num_classes", "2", "--image_resize", "24",
+        "--batch_size", "4", "--num_parallel_workers", "1"]))
+    data = TrainData(args, check_imagefolder(str(tmp_path), 2)["samples"]["train"])
+    shapes = {tuple(b.shape) for b, _ in data.batches(0)}
+    assert shapes == {(4, 3, 24, 24)}
+
+
+def test_check_command_lists_every_problem(digits_dir, tmp_path):
+    root = _copy_digits(digits_dir, tmp_path / "data", per_class=2)
+    bad = os.path.join(root, "train", "5", sorted(os.listdir(os.path.join(root, "train",
+                                                                          "5")))[0])
+    _corrupt(bad, "truncated")
+    (tmp_path / "data" / "train" / "5" / "readme.txt").write_text("notes")
+    os.makedirs(os.path.join(root, "val", "extra"))
+    proc = subprocess.run([sys.executable, "-m", "res2net_ms.data", "check", root],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    out = proc.stdout
+    assert f"bad image: {bad}: " in out
+    assert "readme.txt: not an image extension" in out
+    assert "empty class folder" in out and "extra" in out
+    assert "Traceback" not in proc.stderr
+    clean = subprocess.run([sys.executable, "-m", "res2net_ms.data", "check", digits_dir],
+                           capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert clean.returncode == 0 and "1797 images checked" in clean.stdout

@@ -19,6 +19,7 @@ from res2net_ms.config import parse_args
 from res2net_ms.engine import (build_network, load_weights, parse_run_args,
                                read_checkpoint_meta, train, validate)
 from res2net_ms.engine.checkpoint import checkpoint_classes
+from res2net_ms.engine.setup import seed_everything
 
 pytestmark = pytest.mark.slow
 
@@ -215,3 +216,44 @@ def test_pretrained_weights_come_from_the_cache(tmp_path):
     assert pretrained_file("res2net50", cache_dir=str(tmp_path)) == str(cached)
     with pytest.raises(CheckpointError, match="no published weights"):
         pretrained_file("res2net152_26w_4s", cache_dir=str(tmp_path))
+
+
+def test_logged_lr_follows_the_optimizer_when_steps_are_skipped(digits_dir, tmp_path):
+    """Overflowing steps are skipped and do not advance the optimizer, so the logged learning
+    rate is the table's at the optimizer's own step count, not at the batch count."""
+    from mindcv.scheduler import create_scheduler
+
+    save_dir = tmp_path / "run"
+    train(run_args(digits_dir, save_dir, "--epoch_size", "2", "--num_samples", "128",
+                   "--amp_level", "O2", "--loss_scale", "1e30", "--loss_scale_type", "dynamic",
+                   "--loss_scale_factor", "1e10", "--warmup_epochs", "2", "--lr", "0.01"))
+    rows = read_metrics(save_dir)
+    skipped = sum(r["skipped_steps"] for r in rows)
+    assert skipped >= 1
+    table = create_scheduler(4, scheduler="cosine_decay", lr=0.01, min_lr=0.0, warmup_epochs=2,
+                             decay_epochs=1, num_epochs=2)
+    row = rows[-1]
+    assert row["lr"] == pytest.approx(table[row["global_step"] - skipped - 1], rel=1e-6)
+    assert row["lr"] != pytest.approx(table[row["global_step"] - 1], rel=1e-6)
+
+
+def test_gradient_accumulation_equals_the_larger_batch(digits_dir, tmp_path):
+    """mindcv's gradient_accumulation_steps: 2 batches of 8 then one update equal one batch
+    of 16 (BN in inference mode, constant learning rate, no weight decay)."""
+    common = ["--epoch_size", "1", "--num_samples", "16", "--shuffle", "False",
+              "--norm_eval", "True", "--scale", "1", "1", "--ratio", "1", "1", "--opt",
+              "momentum", "--lr", "0.5", "--scheduler", "constant", "--warmup_epochs", "0",
+              "--weight_decay", "0", "--val_while_train", "False", "--deterministic", "True"]
+    train(run_args(digits_dir, tmp_path / "acc", *common, "--batch_size", "8",
+                   "--gradient_accumulation_steps", "2"))
+    train(run_args(digits_dir, tmp_path / "big", *common, "--batch_size", "16"))
+    acc, big = ckpt_arrays(tmp_path / "acc" / "last.ckpt"), ckpt_arrays(tmp_path / "big" /
+                                                                        "last.ckpt")
+    seed_everything(42)                             # the runs' initial weights
+    net = build_network(parse_args(["--config", DEMO, *LIGHT]))
+    moved = 0
+    for p in net.trainable_params():
+        np.testing.assert_allclose(acc[p.name], big[p.name], rtol=0, atol=2e-5, err_msg=p.name)
+        moved += not np.allclose(acc[p.name], p.asnumpy())
+    assert moved > 10
+    assert acc["accum_micro_steps"] == 0 and not np.any(acc["accum.fc.weight"])

@@ -397,7 +397,22 @@ def load_torch(path):
 read_torch_file = load_torch
 
 
-def _zip_read(archive, name):
+# Deflate expands at most about 1032 times; anything claiming more is not a real checkpoint.
+_MAX_DEFLATE_RATIO = 1032
+
+
+def _zip_read(archive, name, file_size):
+    """Read one record, refusing sizes its compressed bytes or the file (``file_size``
+    bytes) cannot hold: a header claiming terabytes must not make us allocate them."""
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        raise _Corrupt(f"record '{name}' is missing from the zip "
+                       "(truncated or corrupt checkpoint)") from None
+    limit = info.compress_size * (_MAX_DEFLATE_RATIO if info.compress_type else 1)
+    if info.file_size > limit or info.compress_size > file_size:
+        raise _Corrupt(f"record '{name}' claims {info.file_size} bytes, more than its "
+                       f"{info.compress_size} stored bytes can hold")
     try:
         return archive.read(name)
     except KeyError:
@@ -414,13 +429,14 @@ def _load_torch_zip(f, source):
         raise _Corrupt("not a readable zip archive, probably truncated "
                        f"({_one_line(exc)})") from exc
     with archive:
+        file_size = os.fstat(f.fileno()).st_size
         pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
         if not pickles:
             raise _Corrupt("zip has no '<archive>/data.pkl' record: not a torch.save checkpoint")
         prefix = pickles[0][: -len("/data.pkl")]
         byteorder = "<"
         if f"{prefix}/byteorder" in archive.namelist():
-            order = _zip_read(archive, f"{prefix}/byteorder").strip()
+            order = _zip_read(archive, f"{prefix}/byteorder", file_size).strip()
             if order not in (b"little", b"big"):
                 raise _Corrupt(f"unknown byte order {order[:20]!r}")
             byteorder = "<" if order == b"little" else ">"
@@ -439,10 +455,11 @@ def _load_torch_zip(f, source):
                                    "(truncated or corrupt checkpoint)") from None
                 if size != expected:
                     raise _Corrupt(f"storage '{name}' holds {size} bytes, expected {expected}")
-                storages[key] = _Storage(dtype_name, _zip_read(archive, name), byteorder)
+                storages[key] = _Storage(dtype_name, _zip_read(archive, name, file_size),
+                                         byteorder)
             return storages[key]
 
-        data = _zip_read(archive, f"{prefix}/data.pkl")
+        data = _zip_read(archive, f"{prefix}/data.pkl", file_size)
         return _unpickle(io.BytesIO(data), source, f"'{prefix}/data.pkl'", load_storage)
 
 

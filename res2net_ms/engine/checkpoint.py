@@ -20,17 +20,20 @@ from mindspore import Tensor, nn
 
 from ..ckpt import CheckpointReadError, load_ckpt, save_ckpt
 from ..convert import load_into
-from ..fileio import atomic_write
+from ..fileio import TEMP_MARK, atomic_write
 from ..models import get_model_config
 
 __all__ = ["CheckpointError", "FORMAT", "CheckpointKeeper", "state_parameters",
            "save_checkpoint_atomic", "read_checkpoint_meta", "checkpoint_classes",
-           "load_training_state",
+           "training_checkpoints", "newest_checkpoint", "load_training_state",
            "load_weights", "pretrained_file"]
 
 FORMAT = "res2net_ms.train/1"
-_INT_META = ("epoch", "global_step", "best_epoch", "has_ema")
-_FLOAT_META = ("best_top1",)
+# epoch: epochs completed; step_in_epoch: steps done in the next epoch (step checkpoints);
+# epoch_*: that partial epoch's running statistics; val_top1: this checkpoint's validation.
+_INT_META = ("epoch", "global_step", "best_epoch", "has_ema", "step_in_epoch",
+             "epoch_loss_count", "epoch_skipped")
+_FLOAT_META = ("best_top1", "val_top1", "epoch_loss_sum")
 _STR_META = ("format", "model", "config", "classes")
 # Stored as "meta.<key>": the optimizer already has a parameter called "global_step".
 _PREFIX = "meta."
@@ -68,6 +71,10 @@ def state_parameters(network, optimizer=None, train_step=None, ema=None):
     if train_step is not None:
         add(train_step.scale_sense)
         add(train_step.good_steps)
+        if train_step.accumulation_steps > 1:
+            for p in train_step.accum:
+                add(p)
+            add(train_step.micro_steps)
     if ema is not None:
         for p in ema.ema_weights:
             add(p)
@@ -113,6 +120,29 @@ def read_checkpoint_meta(path):
         return None
     meta = _meta_from(values)
     return meta if meta.get("format") == FORMAT else None
+
+
+def training_checkpoints(folder):
+    """``{path: meta}`` of the complete training checkpoints of this project in ``folder``
+    (temporary files of an interrupted write are not complete checkpoints)."""
+    found = {}
+    if not os.path.isdir(folder):
+        return found
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".ckpt") and TEMP_MARK not in name:
+            path = os.path.join(folder, name)
+            meta = read_checkpoint_meta(path)
+            if meta is not None:
+                found[path] = meta
+    return found
+
+
+def newest_checkpoint(folder):
+    """The training checkpoint in ``folder`` that is furthest into its run, or None."""
+    found = training_checkpoints(folder)
+    if not found:
+        return None
+    return max(found, key=lambda p: (found[p]["global_step"], os.path.getmtime(p)))
 
 
 def checkpoint_classes(path):
@@ -210,17 +240,20 @@ def pretrained_file(model_name, cache_dir=None):
 
 
 class CheckpointKeeper:
-    """Where and when checkpoints are written: ``last.ckpt`` every epoch, ``best.ckpt`` on a
-    new best validation top-1, and ``<model>-eNNNN.ckpt`` every ``interval`` epochs, of which
-    the newest ``keep_max`` are kept. Each is written once; the others are hard links to it
-    (a copy where links are not supported), so saving stays cheap and atomic.
+    """Where and when checkpoints are written: ``last.ckpt`` at every epoch end (and every
+    ``ckpt_save_steps`` steps), ``best.ckpt`` on a new best validation top-1, and
+    ``<model>-eNNNN.ckpt`` every ``interval`` epochs, of which ``keep_max`` are kept by
+    ``policy``: ``latest_k`` the newest, ``top_k`` the best validation top-1, None all (as
+    mindcv's ``ckpt_save_policy``). Each is written once; the others are hard links to it (a
+    copy where links are not supported), so saving stays cheap and atomic.
     """
 
-    def __init__(self, save_dir, model_name, interval=1, keep_max=10):
+    def __init__(self, save_dir, model_name, interval=1, keep_max=10, policy="latest_k"):
         self.save_dir = save_dir
         self.model_name = model_name
         self.interval = interval
         self.keep_max = keep_max
+        self.policy = policy
         self._pattern = re.compile(re.escape(model_name) + r"-e(\d{4,})\.ckpt$")
 
     @property
@@ -233,6 +266,10 @@ class CheckpointKeeper:
 
     def numbered(self, epoch):
         return os.path.join(self.save_dir, f"{self.model_name}-e{epoch:04d}.ckpt")
+
+    def save_step(self, params, meta):
+        """A checkpoint inside an epoch: ``last.ckpt`` only."""
+        return [save_checkpoint_atomic(self.last, params, meta)]
 
     def save(self, params, meta, epoch, is_best):
         """Write this epoch's checkpoints; return the paths written."""
@@ -253,10 +290,15 @@ class CheckpointKeeper:
         return atomic_write(target, link)
 
     def _prune(self):
-        found = []
-        for name in os.listdir(self.save_dir):
-            match = self._pattern.match(name)
-            if match:
-                found.append((int(match.group(1)), name))
-        for _, name in sorted(found)[:-self.keep_max]:
+        if self.policy is None:
+            return
+        found = [name for name in os.listdir(self.save_dir) if self._pattern.match(name)]
+        if self.policy == "top_k":
+            def score(name):
+                meta = read_checkpoint_meta(os.path.join(self.save_dir, name)) or {}
+                return (meta.get("val_top1", -1.0), name)
+        else:
+            def score(name):
+                return int(self._pattern.match(name).group(1))
+        for name in sorted(found, key=score)[:-self.keep_max]:
             os.remove(os.path.join(self.save_dir, name))

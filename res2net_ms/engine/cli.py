@@ -1,7 +1,8 @@
 """Entry points of ``train.py`` and ``validate.py``.
 
-Input problems (config, data folder, checkpoint) end the run with one ``error:`` line and
-exit status 2; other exceptions are bugs and keep their traceback (status 1).
+Input problems (config, data folder, checkpoint), a disk that cannot take a checkpoint and a
+loss that stays non-finite end the run with one ``error:`` line and exit status 2; other
+exceptions are bugs and keep their traceback (status 1).
 """
 import os
 import sys
@@ -9,13 +10,16 @@ import traceback
 
 from ..config import ConfigError, parse_args, peek_option
 from ..data import DataError
+from ..fileio import WriteError
 from ..process import exit_process
 from .checkpoint import CheckpointError, read_checkpoint_meta
+from .loop import TrainingDiverged
 from .trainer import train, validate
 
 __all__ = ["train_main", "validate_main", "parse_run_args", "exit_process"]
 
-_USER_ERRORS = (ConfigError, DataError, CheckpointError)
+# Bad input, a full disk, a diverged loss: one line each; anything else is a bug.
+_USER_ERRORS = (ConfigError, DataError, CheckpointError, WriteError, TrainingDiverged)
 
 
 def parse_run_args(argv=None, base_checkpoint=None, prog=None, description=None):

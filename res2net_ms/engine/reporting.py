@@ -36,6 +36,7 @@ class Progress:
         self.images_per_step = args.batch_size
         self.bar = None
         self.base = None
+        self.last_sync = 0.0
 
     def start_epoch(self, epoch, global_step):
         self.epoch = epoch
@@ -45,8 +46,12 @@ class Progress:
                             dynamic_ncols=True, leave=False, file=sys.stderr)
 
     def wants_sync(self, index):
-        return (self.base is None or self.bar is not None or index % self.interval == 0
-                or index == self.steps)
+        """Whether this step's numbers are needed now: the first step, every
+        ``log_interval`` steps, the epoch's last step, and for a bar at most once a second
+        (waiting after every step would idle the device)."""
+        if self.base is None or index % self.interval == 0 or index == self.steps:
+            return True
+        return self.bar is not None and time.perf_counter() - self.last_sync >= 1.0
 
     def speed(self, global_step):
         """Images per second of this epoch so far (compile excluded), or None."""
@@ -57,6 +62,7 @@ class Progress:
 
     def update(self, index, global_step, loss, lr, done):
         """Called after a sync; ``done`` steps completed since the previous call."""
+        self.last_sync = time.perf_counter()
         if self.base is None:
             self.base = (time.perf_counter(), global_step)
         speed = self.speed(global_step) or 0.0
@@ -88,17 +94,28 @@ class MetricsFile:
         if not enabled:
             return
         if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    line = line.strip()
-                    if line and json.loads(line).get("epoch", 0) <= keep_until_epoch:
-                        self.lines.append(line)
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for number, line in enumerate(f, start=1):
+                    record = _parse(line)
+                    if record is None and line.strip():
+                        logger.warning("warning: %s line %d is not a complete record (a write "
+                                       "cut short): dropped", path, number)
+                    elif record and record.get("epoch", 0) <= keep_until_epoch:
+                        self.lines.append(line.strip())
         write_text(path, "".join(line + "\n" for line in self.lines))
 
     def append(self, record):
         if self.enabled:
             self.lines.append(json.dumps(record))
             write_text(self.path, "".join(line + "\n" for line in self.lines))
+
+
+def _parse(line):
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def epoch_line(record, epochs, ema):

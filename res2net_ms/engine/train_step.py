@@ -11,11 +11,17 @@ __all__ = ["NetWithLoss", "EMA", "TrainStep"]
 
 _unscale = ops.MultitypeFuncGraph("unscale")
 _ema_update = ops.MultitypeFuncGraph("ema_update")
+_accumulate = ops.MultitypeFuncGraph("accumulate")
 
 
 @_unscale.register("Tensor", "Tensor")
 def _unscale_grad(inv_scale, grad):
     return grad * ops.cast(inv_scale, grad.dtype)
+
+
+@_accumulate.register("Tensor", "Tensor", "Tensor")
+def _accumulate_grad(inv_steps, total, grad):
+    return ops.assign_add(total, ops.cast(grad, total.dtype) * inv_steps)
 
 
 @_ema_update.register("Tensor", "Tensor", "Tensor")
@@ -75,13 +81,16 @@ class TrainStep(nn.Cell):
         ema: an :class:`EMA` to update after every applied step, or None.
         distributed: average gradients over the ranks (data parallel) before anything else.
         group_size: number of ranks.
+        accumulation_steps: average the gradients of this many batches, then update once
+            (mindcv's ``gradient_accumulation_steps``: the learning rate advances every batch,
+            the ranks reduce only at the update).
 
     Returns ``(loss, finite, loss_scale)``: ``finite`` is False when the step was skipped.
     """
 
     def __init__(self, net_with_loss, optimizer, loss_scale=1.0, dynamic_loss_scale=False,
                  scale_factor=2.0, scale_window=2000, skip_overflow=False, clip_norm=0.0,
-                 ema=None, distributed=False, group_size=1):
+                 ema=None, distributed=False, group_size=1, accumulation_steps=1):
         super().__init__(auto_prefix=False)
         self.network = net_with_loss
         self.optimizer = optimizer
@@ -106,6 +115,12 @@ class TrainStep(nn.Cell):
                                                           degree=group_size)
         else:
             self.grad_reducer = nn.Identity()
+        self.accumulation_steps = accumulation_steps
+        if accumulation_steps > 1:
+            self.accum = self.weights.clone(prefix="accum", init="zeros")
+            self.micro_steps = Parameter(Tensor(0, ms.int32), name="accum_micro_steps",
+                                         requires_grad=False)
+            self.inv_steps = Tensor(1.0 / accumulation_steps, ms.float32)
 
     def _update_scale(self, finite):
         """Dynamic loss scale: halve on overflow, double after ``scale_window`` good steps."""
@@ -118,11 +133,9 @@ class TrainStep(nn.Cell):
         ops.assign(self.good_steps, good)
         return ops.assign(self.scale_sense, new_scale)
 
-    def construct(self, images, labels):
-        loss = self.network(images, labels)
+    def _apply(self, loss, grads):
+        """Reduce over the ranks, unscale, check, clip, update the weights and the EMA."""
         scale = self.scale_sense
-        sens = ops.fill(loss.dtype, loss.shape, ops.cast(scale, loss.dtype))
-        grads = self.grad(self.network, self.weights)(images, labels, sens)
         grads = self.grad_reducer(grads)
         grads = self.hyper_map(ops.partial(_unscale, ops.reciprocal(scale)), grads)
         finite = ms.amp.all_finite(grads) if self.skip_overflow else ops.ones((), ms.bool_)
@@ -139,4 +152,24 @@ class TrainStep(nn.Cell):
             loss = ops.depend(loss, self.optimizer(grads))
             if self.use_ema:
                 loss = ops.depend(loss, self.ema())
+        return loss, finite, scale
+
+    def construct(self, images, labels):
+        loss = self.network(images, labels)
+        sens = ops.fill(loss.dtype, loss.shape, ops.cast(self.scale_sense, loss.dtype))
+        grads = self.grad(self.network, self.weights)(images, labels, sens)
+        if self.accumulation_steps == 1:
+            return self._apply(loss, grads)
+        loss = ops.depend(loss, self.hyper_map(ops.partial(_accumulate, self.inv_steps),
+                                               self.accum, grads))
+        micro = ops.assign_add(self.micro_steps, ops.ones_like(self.micro_steps))
+        finite, scale = ops.ones((), ms.bool_), self.scale_sense
+        if micro >= self.accumulation_steps:
+            loss, finite, scale = self._apply(loss, self.accum)
+            loss = ops.depend(loss, self.hyper_map(ops.assign, self.accum,
+                                                   self.hyper_map(ops.zeros_like, self.accum)))
+            loss = ops.depend(loss, ops.assign(self.micro_steps,
+                                               ops.zeros_like(self.micro_steps)))
+        else:
+            loss = ops.depend(loss, self.optimizer.get_lr())  # the schedule advances per batch
         return loss, finite, scale

@@ -54,6 +54,20 @@ class Backbone(nn.Cell):
     def get_classifier(self):
         return self.fc
 
+    def group_matcher(self, coarse=False):
+        """Parameter groups in depth order (timm's convention, used by mindcv's layer-wise
+        learning-rate decay): the stem, then each stage, or each block with ``coarse=False``;
+        the classifier matches nothing and comes last."""
+        matcher = {}
+        for index, names in enumerate(self._stage_cells):
+            pattern = "|".join(names)
+            if index == 0 or coarse or not isinstance(getattr(self, names[0]),
+                                                       nn.SequentialCell):
+                matcher[f"stage{index}"] = rf"^(?:{pattern})\."
+            else:
+                matcher[f"stage{index}"] = [(rf"^(?:{pattern})\.(\d+)\.", None)]
+        return matcher
+
     def stage_cells(self, index):
         """The cells that make up stage ``index`` (0 is the stem)."""
         return [getattr(self, name) for name in self._stage_cells[index]]

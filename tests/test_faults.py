@@ -1,0 +1,204 @@
+"""Training that survives: SIGKILL at any moment, a full disk, a diverging loss, bad images,
+mixed-up folders. train.py runs in a subprocess, as a job scheduler would run it."""
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import mindspore as ms
+import numpy as np
+import pytest
+
+from conftest import DEMO, LIGHT, REPO, ckpt_arrays, read_metrics
+from res2net_ms.engine.checkpoint import read_checkpoint_meta
+from res2net_ms.fileio import TEMP_MARK
+
+pytestmark = pytest.mark.slow
+
+# Bit-exact settings: one data worker, deterministic kernels, no random crop or flip.
+EXACT = ["--deterministic", "True", "--scale", "1", "1", "--ratio", "1", "1",
+         "--num_samples", "192", "--batch_size", "32", "--epoch_size", "3",
+         "--val_while_train", "False", "--ema", "True", "--log_interval", "1"]
+
+
+def train_cmd(digits_dir, save_dir, *extra):
+    return [sys.executable, os.path.join(REPO, "train.py"), "--config", DEMO, "--data_dir",
+            digits_dir, "--ckpt_save_dir", str(save_dir), *LIGHT, *extra]
+
+
+def run(cmd, limit_bytes=None, timeout=600):
+    """Run a command to its end; with ``limit_bytes`` no file it writes may grow larger."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=timeout,
+                          preexec_fn=limit if limit_bytes else None)
+
+
+def _writing(save_dir):
+    return os.path.isdir(save_dir) and any(TEMP_MARK in n for n in os.listdir(save_dir))
+
+
+def _last_written(save_dir):
+    path = os.path.join(save_dir, "last.ckpt")
+    return os.path.getmtime(path) if os.path.exists(path) else None
+
+
+def kill_at(cmd, save_dir, moment, rng):
+    """Start ``cmd`` and SIGKILL it at ``moment``: "write" (as soon as a checkpoint is being
+    written) or "random" (at a random time, up to 4 s, after the run's next checkpoint, so
+    that it dies at any point of the steps that follow). Returns True if it was killed,
+    False if the run finished first."""
+    before = _last_written(save_dir)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+    deadline = None
+    while proc.poll() is None:
+        if moment == "write" and _writing(save_dir):
+            break
+        if moment == "random" and deadline is None and _last_written(save_dir) != before \
+                and not _writing(save_dir):
+            deadline = time.monotonic() + rng.uniform(0.0, 4.0)
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        time.sleep(0.002)
+    if proc.poll() is not None:
+        err = proc.stderr.read().decode(errors="replace")
+        assert proc.returncode == 0, err[-3000:]
+        return False
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return True
+
+
+def every_checkpoint_loads(save_dir):
+    names = [n for n in os.listdir(save_dir) if n.endswith(".ckpt") and TEMP_MARK not in n]
+    for name in names:
+        ms.load_checkpoint(os.path.join(save_dir, name))  # raises if torn
+        assert read_checkpoint_meta(os.path.join(save_dir, name)) is not None, name
+    return names
+
+
+@pytest.fixture(scope="module")
+def reference(digits_dir, tmp_path_factory):
+    """The uninterrupted run every interrupted one must end equal to."""
+    save_dir = tmp_path_factory.mktemp("reference")
+    proc = run(train_cmd(digits_dir, save_dir, *EXACT))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return ckpt_arrays(save_dir / "last.ckpt")
+
+
+@pytest.mark.parametrize("extra, moments", [
+    ([], ["random", "write", "random"]),
+    (["--ckpt_save_steps", "2"], ["write", "random", "write"]),
+], ids=["epoch-checkpoints", "step-checkpoints"])
+def test_killed_runs_resume_to_the_uninterrupted_weights(digits_dir, tmp_path, reference, extra,
+                                                         moments, capsys):
+    save_dir = tmp_path / "run"
+    cmd = train_cmd(digits_dir, save_dir, *EXACT, *extra, "--resume", "auto")
+    rng = random.Random(len(extra))
+    kills = resumes = 0
+    for moment in moments:
+        if not kill_at(cmd, save_dir, moment, rng):
+            break
+        kills += 1
+        if os.path.isdir(save_dir):
+            resumes += bool(every_checkpoint_loads(save_dir))
+    final = run(cmd)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert "Traceback" not in final.stderr
+    every_checkpoint_loads(save_dir)
+    result = ckpt_arrays(save_dir / "last.ckpt")
+    assert sorted(result) == sorted(reference)
+    worst = max(float(np.max(np.abs(result[k].astype(np.float64) - reference[k])))
+                if result[k].size else 0.0 for k in reference)
+    with capsys.disabled():
+        print(f"\n  kill test ({'step' if extra else 'epoch'} checkpoints): {kills} kills, "
+              f"{resumes} resumed from a checkpoint, max |weight difference| {worst:g}")
+    assert kills == 3 and resumes >= 2
+    assert worst == 0.0
+    assert [r["epoch"] for r in read_metrics(save_dir)] == [1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def one_epoch(digits_dir, tmp_path_factory):
+    """A finished one-epoch run to build faults on (copied by each test)."""
+    save_dir = tmp_path_factory.mktemp("one_epoch") / "run"
+    proc = run(train_cmd(digits_dir, save_dir, *EXACT, "--epoch_size", "1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return save_dir
+
+
+def _copy(run_dir, tmp_path):
+    target = tmp_path / "run"
+    shutil.copytree(run_dir, target)
+    return target
+
+
+def _error_line(proc):
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return lines[0]
+
+
+def test_full_disk_keeps_the_previous_checkpoint(digits_dir, one_epoch, tmp_path):
+    save_dir = _copy(one_epoch, tmp_path)
+    before = (save_dir / "last.ckpt").read_bytes()
+    limit = 4 * 1024 * 1024  # logs and config fit, a checkpoint does not
+    proc = run(train_cmd(digits_dir, save_dir, *EXACT, "--epoch_size", "2", "--resume", "auto"),
+               limit_bytes=limit)
+    line = _error_line(proc)
+    assert "last.ckpt" in line and "larger than the system allows" in line
+    assert (save_dir / "last.ckpt").read_bytes() == before
+    ms.load_checkpoint(str(save_dir / "last.ckpt"))
+    assert not [n for n in os.listdir(save_dir) if TEMP_MARK in n]
+
+
+def test_a_fresh_run_never_mixes_with_another(digits_dir, one_epoch, tmp_path):
+    save_dir = _copy(one_epoch, tmp_path)
+    line = _error_line(run(train_cmd(digits_dir, save_dir, *EXACT, "--epoch_size", "1")))
+    assert "holds another run's checkpoints" in line and "--resume auto" in line \
+        and "--overwrite True" in line
+    proc = run(train_cmd(digits_dir, save_dir, *EXACT, "--epoch_size", "1",
+                         "--overwrite", "True"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "overwrite: removed the previous run" in proc.stdout
+    assert [r["epoch"] for r in read_metrics(save_dir)] == [1]
+    empty = tmp_path / "empty"
+    proc = run(train_cmd(digits_dir, empty, *EXACT, "--epoch_size", "1", "--resume", "auto"))
+    assert proc.returncode == 0 and "no checkpoint in" in proc.stdout
+
+
+def test_a_torn_metrics_line_is_dropped_on_resume(digits_dir, one_epoch, tmp_path):
+    save_dir = _copy(one_epoch, tmp_path)
+    with open(save_dir / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "global_step": 1')               # a kill during the append
+    proc = run(train_cmd(digits_dir, save_dir, *EXACT, "--epoch_size", "2", "--resume", "auto"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "not a complete record" in proc.stdout
+    assert [r["epoch"] for r in read_metrics(save_dir)] == [1, 2]
+
+
+def test_a_diverging_loss_stops_and_keeps_the_last_good_checkpoint(digits_dir, one_epoch,
+                                                                    tmp_path):
+    save_dir = _copy(one_epoch, tmp_path)
+    before = (save_dir / "last.ckpt").read_bytes()
+    proc = run(train_cmd(digits_dir, save_dir, *EXACT, "--epoch_size", "2", "--resume", "auto",
+                         "--lr", "1e30", "--warmup_epochs", "0", "--max_nonfinite_steps", "2"))
+    line = _error_line(proc)
+    assert "not finite for 2 steps in a row" in line and "last good checkpoint" in line
+    assert (save_dir / "last.ckpt").read_bytes() == before
+
+
+def test_a_bad_image_stops_the_cli_with_one_line(digits_dir, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(digits_dir, root)
+    victim = root / "train" / "4" / sorted(os.listdir(root / "train" / "4"))[2]
+    victim.write_bytes(victim.read_bytes()[:100])
+    proc = run(train_cmd(str(root), tmp_path / "ckpt", *EXACT, "--epoch_size", "1",
+                         "--num_samples", "1437", "--deterministic", "False"))
+    line = _error_line(proc)
+    assert str(victim) in line and "skip_bad_images" in line
