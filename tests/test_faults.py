@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import mindspore as ms
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.slow
 EXACT = ["--deterministic", "True", "--scale", "1", "1", "--ratio", "1", "1",
          "--num_samples", "192", "--batch_size", "32", "--epoch_size", "3",
          "--val_while_train", "False", "--ema", "True", "--log_interval", "1"]
+STEPS_PER_EPOCH = 192 // 32
 
 
 def train_cmd(digits_dir, save_dir, *extra):
@@ -42,34 +44,39 @@ def _writing(save_dir):
     return os.path.isdir(save_dir) and any(TEMP_MARK in n for n in os.listdir(save_dir))
 
 
-def _last_written(save_dir):
-    path = os.path.join(save_dir, "last.ckpt")
-    return os.path.getmtime(path) if os.path.exists(path) else None
-
-
 def kill_at(cmd, save_dir, moment, rng):
     """Start ``cmd`` and SIGKILL it at ``moment``: "write" (as soon as a checkpoint is being
-    written) or "random" (at a random time, up to 4 s, after the run's next checkpoint, so
-    that it dies at any point of the steps that follow). Returns True if it was killed,
-    False if the run finished first."""
-    before = _last_written(save_dir)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
-    deadline = None
+    written) or "random" (in the epoch after this process's first one: after a random number
+    of logged steps and a random part of the next, so that it dies anywhere in a step, a
+    checkpoint write or the epoch's end, with a checkpoint to resume from).
+    Returns True if it was killed, False if the run finished first."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=REPO)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    steps_before_kill = rng.randint(STEPS_PER_EPOCH + 1, 2 * STEPS_PER_EPOCH - 2)
+    deadline, step_seen_at = None, []
     while proc.poll() is None:
         if moment == "write" and _writing(save_dir):
             break
-        if moment == "random" and deadline is None and _last_written(save_dir) != before \
-                and not _writing(save_dir):
-            deadline = time.monotonic() + rng.uniform(0.0, 4.0)
+        if moment == "random" and deadline is None:
+            steps = sum(" step " in line for line in lines)
+            if steps > len(step_seen_at):
+                step_seen_at.extend([time.monotonic()] * (steps - len(step_seen_at)))
+            if steps >= steps_before_kill:
+                step_time = step_seen_at[-1] - step_seen_at[-2]
+                deadline = step_seen_at[-1] + rng.uniform(0.0, 1.0) * step_time
         if deadline is not None and time.monotonic() >= deadline:
             break
         time.sleep(0.002)
     if proc.poll() is not None:
-        err = proc.stderr.read().decode(errors="replace")
-        assert proc.returncode == 0, err[-3000:]
+        reader.join()
+        assert proc.returncode == 0, "".join(lines)[-3000:]
         return False
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    reader.join()
     return True
 
 
