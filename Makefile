@@ -14,8 +14,9 @@ $(VENV)/.demo: pyproject.toml | $(PY)
 	$(PIP) -e ".[demo]"
 	touch $@
 
-$(VENV)/.test: pyproject.toml | $(PY)
+$(VENV)/.test: pyproject.toml tests/requirements-mmdet.txt | $(PY)
 	$(PIP) -e ".[test]"
+	$(PIP) --no-deps -r tests/requirements-mmdet.txt
 	touch $(VENV)/.demo $@
 
 demo: $(VENV)/.demo
@@ -28,8 +29,9 @@ test: $(VENV)/.test
 test-fast: $(VENV)/.test
 	$(PY) -m pytest -q --durations=15 -m "not slow and not distributed" tests
 
-bench: $(VENV)/.demo
-	$(PY) benchmarks/model_zoo.py
+# Ours against mindcv and PyTorch (timm) on this machine: table in the terminal, benchmarks/bench.json.
+bench: $(VENV)/.test
+	$(PY) benchmarks/bench.py
 
 clean:
 	rm -rf $(VENV) data/digits ckpt/demo_digits

@@ -1,35 +1,16 @@
 """Model-zoo benchmark: parameters, GMACs (counted at 224), graph-mode compile and forward time.
 
 Prints one Markdown row per model: ``python benchmarks/model_zoo.py [--batch 8] [names...]``.
-MACs are counted from the conv and dense layers actually run (PyNative forward hooks).
+MACs are counted by ``res2net_ms.summary.count_macs`` (the conv and dense layers that run).
 """
 import argparse
 import time
 
 import mindspore as ms
 import numpy as np
-from mindspore import nn
 
 import res2net_ms
-
-
-def count_macs(net, size):
-    macs = []
-
-    def hook(cell, inputs, output):
-        if isinstance(cell, nn.Conv2d):
-            kh, kw = cell.kernel_size
-            macs.append(output.size * cell.in_channels // cell.group * kh * kw)
-        elif isinstance(cell, nn.Dense):
-            macs.append(output.size * cell.in_channels)
-
-    handles = [c.register_forward_hook(hook) for _, c in net.cells_and_names()
-               if isinstance(c, (nn.Conv2d, nn.Dense))]
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    net(ms.Tensor(np.zeros((1, 3, size, size), np.float32)))
-    for h in handles:
-        h.remove()
-    return sum(macs)
+from res2net_ms.summary import count_macs
 
 
 def time_graph(net, batch, size, repeats=3):
@@ -57,7 +38,8 @@ def main():
         net = res2net_ms.create_model(name)
         net.set_train(False)
         params = sum(p.size for p in net.trainable_params())
-        gmacs = count_macs(net, args.size) / 1e9
+        stages, head = count_macs(net, args.size)
+        gmacs = (sum(s["macs"] for s in stages) + head) / 1e9
         compile_s, ips = time_graph(net, args.batch, args.size)
         print(f"| {name} | {params:,} | {gmacs:.2f} | {compile_s:.1f} | {ips:.1f} |", flush=True)
 

@@ -17,7 +17,7 @@ from .fileio import write_text
 from .models import get_model_config
 from .process import launched_by_launcher
 
-__all__ = ["ConfigError", "build_parser", "parse_args", "peek_option", "save_config",
+__all__ = ["ConfigError", "build_parser", "parse_args", "peek_option", "save_config", "str2bool",
            "config_to_yaml", "load_yaml_config", "resolve_model_defaults"]
 
 
@@ -225,7 +225,8 @@ _KIND_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false"
                "dict": "a mapping", "jitter": "a number or a list of 3-4 numbers"}
 
 
-def _str2bool(text):
+def str2bool(text):
+    """``true``/``false`` (also 1/0, yes/no, on/off) as the command lines read booleans."""
     low = text.lower()
     if low in ("true", "1", "yes", "on"):
         return True
@@ -276,7 +277,7 @@ def build_parser(prog=None, description=None):
         elif opt.kind == "dict":
             kwargs["type"] = _yaml_mapping
         else:
-            base = {"int": int, "float": float, "bool": _str2bool, "str": str}[opt.kind]
+            base = {"int": int, "float": float, "bool": str2bool, "str": str}[opt.kind]
             kwargs["type"] = _nullable(base) if opt.optional else base
         if opt.choices:
             kwargs["choices"] = opt.choices + ((None,) if opt.optional else ())

@@ -1,9 +1,11 @@
 """``create_model``: a zoo network by name, with its weights loaded through the converter.
 
-This sits above the zoo (:mod:`res2net_ms.models`) and the converter
-(:mod:`res2net_ms.convert`), as timm's ``_builder.py`` beside its ``_registry.py``.
+This sits above the zoo (:mod:`res2net_ms.models`), the converter
+(:mod:`res2net_ms.convert`) and the pretrained-weights cache (:mod:`res2net_ms.hub`), as timm's
+``_builder.py`` beside its ``_registry.py`` and ``_hub.py``.
 """
-from .convert import load_into
+from .convert import load_into, network_args, read_state
+from .hub import pretrained_path
 from .models import build_network, get_model_config
 
 __all__ = ["create_model"]
@@ -11,7 +13,7 @@ __all__ = ["create_model"]
 
 def create_model(name, num_classes=1000, in_channels=3, drop_rate=0.0, drop_path_rate=0.0,
                  checkpoint_path=None, features_only=False, out_indices=None, frozen_stages=-1,
-                 norm_eval=False, output_stride=32, **kwargs):
+                 norm_eval=False, output_stride=32, pretrained=False, cache_dir=None, **kwargs):
     """Build a zoo model by name.
 
     Args:
@@ -28,15 +30,24 @@ def create_model(name, num_classes=1000, in_channels=3, drop_rate=0.0, drop_path
         frozen_stages: freeze the stem and stages 1..k (-1: none).
         norm_eval: keep every BN in inference mode.
         output_stride: 32, 16 or 8 (dilated last stages; ResNet layouts only).
+        pretrained: load the official ImageNet weights (downloaded, checked and converted once
+            into the cache; see :mod:`res2net_ms.hub`) unless ``checkpoint_path`` is given.
+        cache_dir: the cache folder of ``pretrained`` (default ``$R2N_CACHE_DIR`` or
+            ``~/.cache/res2net_ms``).
         **kwargs: network arguments overriding the model's own (e.g. ``zero_init_last``).
     """
     cfg = get_model_config(name)
+    if pretrained and not checkpoint_path:
+        checkpoint_path = pretrained_path(cfg.name, cache_dir)
     args = dict(num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
                 drop_path_rate=drop_path_rate, features_only=features_only,
                 frozen_stages=frozen_stages, norm_eval=norm_eval, output_stride=output_stride)
     if out_indices is not None:
         args["out_indices"] = out_indices
+    state = read_state(checkpoint_path) if checkpoint_path else None  # read once
+    if state is not None:  # e.g. mmdetection weights: stride1_pool=False
+        kwargs = {**network_args(state), **kwargs}
     net = build_network(cfg, **args, **kwargs)
-    if checkpoint_path:
-        load_into(net, checkpoint_path, model_name=cfg.name)
+    if state is not None:
+        load_into(net, state, model_name=cfg.name)
     return net

@@ -1,9 +1,13 @@
-"""Process-level helpers of the command-line tools: launcher detection and a clean exit."""
+"""Process-level helpers of the command-line tools: launcher detection, the slow-MindSpore
+warning and a clean exit."""
 import logging
 import os
+import re
 import sys
 
-__all__ = ["exit_process", "launched_by_launcher"]
+import mindspore as ms
+
+__all__ = ["exit_process", "fail", "launched_by_launcher", "warn_slow_mindspore"]
 
 _LAUNCHER_ENV = ("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "RANK_SIZE",
                  "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
@@ -12,6 +16,38 @@ _LAUNCHER_ENV = ("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "RANK_SIZE",
 def launched_by_launcher():
     """True when msrun, mpirun or a rank table started this process (one of several ranks)."""
     return any(os.environ.get(k) for k in _LAUNCHER_ENV)
+
+
+# MindSpore releases that run 3x3 convolutions on CPU about 90x slower than 2.8.0 (measured).
+_SLOW_ON_CPU = ((2, 9), (2, 10))
+_warned_versions = set()
+
+
+def warn_slow_mindspore(version=None, device_target=None):
+    """Warn once per process when this MindSpore is one of the slow CPU releases.
+
+    ``version`` and ``device_target`` default to the installed MindSpore and its current
+    device. Returns the warning (None when there is nothing to say, or it was said already).
+    """
+    if version is None or device_target is None:
+        version = version or ms.__version__
+        device_target = device_target or ms.get_context("device_target")
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if (device_target != "CPU" or not found or version in _warned_versions
+            or (int(found[1]), int(found[2])) not in _SLOW_ON_CPU):
+        return None
+    _warned_versions.add(version)
+    message = (f"warning: MindSpore {version} runs 3x3 convolutions on CPU about 90x slower "
+               f"than 2.8.0: pip install mindspore==2.8.0")
+    logging.getLogger("res2net_ms").warning(message)
+    return message
+
+
+def fail(exc, status=2):
+    """Print ``exc`` as one ``error:`` line on stderr (MindSpore's messages span lines) and
+    return the exit status a command line returns for it."""
+    print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+    return status
 
 
 def _shutdown_hook(default):

@@ -20,13 +20,16 @@ def _number(value, digits):
 
 
 def model_table():
-    """Markdown rows: name (aliases), parameters, published GMACs and top-1/top-5, weights."""
-    rows = ["| model (aliases) | params | GMACs | top-1 | top-5 | official weights |",
-            "| --- | ---: | ---: | ---: | ---: | --- |"]
+    """Markdown rows: name (aliases), parameters, counted and published GMACs, published
+    top-1/top-5, official weights."""
+    rows = ["| model (aliases) | params | GMACs | published GMACs | top-1 | top-5 | "
+            "official weights |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for cfg in MODELS.values():
         name = cfg.name + (f" ({', '.join(cfg.aliases)})" if cfg.aliases else "")
         weights = cfg.weights or cfg.extra.get("weights_note", "–")
-        rows.append(f"| {name} | {cfg.params:,} | {_number(cfg.gmacs, 1)} | "
+        rows.append(f"| {name} | {cfg.params:,} | {_number(cfg.counted_gmacs, 2)} | "
+                    f"{_number(cfg.gmacs, 1)} | "
                     f"{_number(cfg.top1, 2)} | {_number(cfg.top5, 2)} | {weights} |")
     return "\n".join(rows) + "\n"
 

@@ -39,6 +39,22 @@ def ckpt_arrays(path):
             if not isinstance(v, str)}
 
 
+def randomised_torch(model, seed=0):
+    """A PyTorch model with random BN scales, shifts and statistics, in eval mode (timm
+    zero-inits each block's last BN, which would hide a wrong branch)."""
+    import torch  # the reference tests' optional dependency
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
 def random_images(n=2, size=64, seed=0, channels=3):
     return np.random.RandomState(seed).randn(n, channels, size, size).astype(np.float32)
 

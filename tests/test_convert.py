@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import res2net_ms
+from conftest import randomised_torch
 from res2net_ms.convert import (CheckpointMismatchError, UnsafeCheckpointError,
                                 convert_checkpoint, read_state, save_ckpt)
 from res2net_ms.convert.__main__ import main as convert_cli
@@ -35,28 +36,15 @@ def _pynative():
     ms.set_context(mode=ms.PYNATIVE_MODE)
 
 
-def randomised(model, seed=0):
-    """Random weights and BN statistics (timm zero-inits bn3, which would hide errors)."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
-
-
 def timm_model(name, num_classes=10, **kwargs):
-    return randomised(timm.create_model(name, num_classes=num_classes, **kwargs))
+    return randomised_torch(timm.create_model(name, num_classes=num_classes, **kwargs))
 
 
 def timm_res2net152(v1b):
     deep = dict(stem_type="deep", stem_width=32, avg_down=True) if v1b else {}
     model = TimmResNet(block=TimmBottle2neck, layers=[3, 8, 36, 3], base_width=26,
                        block_args=dict(scale=4), num_classes=10, **deep)
-    return randomised(model)
+    return randomised_torch(model)
 
 
 def images(size=96, n=2, seed=1):
@@ -189,25 +177,41 @@ def mmdet_detector_state(official):
     return {"meta": {}, "state_dict": out}
 
 
+def torch_stages(model, x):
+    """The four stage outputs of a timm ResNet-shaped model."""
+    with torch.no_grad():
+        x = model.maxpool(model.act1(model.bn1(model.conv1(torch.from_numpy(x)))))
+        outs = []
+        for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+            x = layer(x)
+            outs.append(x.numpy())
+    return outs
+
+
 @pytest.mark.slow
-def test_mmdet_layout_converts_backbone_for_features(tmp_path):
+def test_mmdet_layout_converts_backbone_with_mmdets_stage_pool(tmp_path):
     ref = timm_model("res2net101d")
     torch.save(ref.state_dict(), tmp_path / "official.pth")
     torch.save(mmdet_detector_state(ref.state_dict()), tmp_path / "mmdet.pth")
-    with pytest.warns(UserWarning, match="skips the layer1.0 stage pool"):
-        weights, report = convert_checkpoint(tmp_path / "mmdet.pth", "res2net101_v1b_26w_4s",
-                                             tmp_path / "mmdet.ckpt")
+    weights, report = convert_checkpoint(tmp_path / "mmdet.pth", "res2net101_v1b_26w_4s",
+                                         tmp_path / "mmdet.ckpt")
     assert report.layout == "mmdet"
+    assert any("stride1_pool=False" in note for note in report.notes)
     assert not any(k.startswith("fc.") for k in weights)
     assert len(report.dropped["non-backbone (neck/heads)"]) == 2
     kwargs = dict(features_only=True, out_indices=(1, 2, 3, 4))
-    from_mmdet = res2net_ms.create_model("res2net101d", checkpoint_path=tmp_path / "mmdet.ckpt",
-                                         **kwargs)
     from_official = res2net_ms.create_model("res2net101d",
                                             checkpoint_path=tmp_path / "official.pth", **kwargs)
+    assert from_official.layer1[0].pool is not None  # official weights: official network
+    ref.layer1[0].pool = None  # mmdetection's Res2Net: no stage pool where the stride is 1
     x = images(size=64)
-    for a, b in zip(ours(from_mmdet, x), ours(from_official, x)):
-        np.testing.assert_array_equal(a, b)
+    expected = torch_stages(ref, x)
+    for src in ("mmdet.pth", "mmdet.ckpt"):  # the option is selected from either file
+        from_mmdet = res2net_ms.create_model("res2net101d", checkpoint_path=tmp_path / src,
+                                             **kwargs)
+        assert from_mmdet.layer1[0].pool is None and from_mmdet.layer2[0].pool is not None
+        for a, b in zip(ours(from_mmdet, x), expected):
+            assert_close(a, b)
 
 
 def test_module_prefix_and_safetensors(tmp_path):

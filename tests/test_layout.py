@@ -69,7 +69,8 @@ def test_layers_point_down():
     assert graph.get("models", set()) == set(), "models/ must import nothing else of ours"
     assert graph["convert"] <= {"models", "ckpt", "fileio", "process"}
     assert "engine" not in graph["config"] and "convert" not in graph["config"]
-    assert graph["factory"] <= {"models", "convert"}
+    assert graph["hub"] <= {"models", "convert", "ckpt", "fileio", "process"}
+    assert graph["factory"] <= {"models", "convert", "hub"}
 
 
 def test_readme_table_is_generated_from_the_registry():

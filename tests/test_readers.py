@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from res2net_ms.convert import readers, torch_pickle
+from res2net_ms.convert import torch_pickle
 from res2net_ms.convert.readers import (
     CheckpointFormatError,
     UnsafeCheckpointError,

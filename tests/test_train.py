@@ -15,6 +15,7 @@ import pytest
 import mindspore as ms
 
 from conftest import DEMO, LIGHT, REPO, ckpt_arrays, read_metrics, run_args
+from res2net_ms.ckpt import save_ckpt
 from res2net_ms.config import parse_args
 from res2net_ms.engine import (build_network, load_weights, parse_run_args,
                                read_checkpoint_meta, train, validate)
@@ -211,10 +212,10 @@ def test_distribute_without_launcher_is_refused(digits_dir):
 def test_pretrained_weights_come_from_the_cache(tmp_path):
     from res2net_ms.engine.checkpoint import CheckpointError, pretrained_file
 
-    cached = tmp_path / "res2net50_26w_4s-06e79181.pth"
-    cached.write_bytes(b"")
+    cached = tmp_path / "res2net50_26w_4s-06e79181.ckpt"  # the converted official file
+    save_ckpt({"fc.bias": np.zeros(1000, np.float32)}, cached)
     assert pretrained_file("res2net50", cache_dir=str(tmp_path)) == str(cached)
-    with pytest.raises(CheckpointError, match="no published weights"):
+    with pytest.raises(CheckpointError, match="no downloadable weights"):
         pretrained_file("res2net152_26w_4s", cache_dir=str(tmp_path))
 
 

@@ -5,9 +5,9 @@ files in the official, timm, mmpretrain, mmdetection and mindcv layouts.
 """
 from ..ckpt import save_ckpt
 from .converter import (ConversionReport, adapt_input_conv, convert_checkpoint, export_torch,
-                        load_into, read_state)
+                        load_into, network_args, read_state)
 from .errors import CheckpointFormatError, CheckpointMismatchError, UnsafeCheckpointError
 
 __all__ = ["CheckpointFormatError", "CheckpointMismatchError", "ConversionReport",
            "UnsafeCheckpointError", "adapt_input_conv", "convert_checkpoint", "export_torch",
-           "load_into", "read_state", "save_ckpt"]
+           "load_into", "network_args", "read_state", "save_ckpt"]

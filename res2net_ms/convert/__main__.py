@@ -1,8 +1,7 @@
 """Command line: ``python -m res2net_ms.convert SRC --model NAME --out OUT.ckpt``."""
 import argparse
-import sys
 
-from ..process import exit_process
+from ..process import exit_process, fail
 from .converter import convert_checkpoint, export_torch
 from .layouts import LAYOUTS
 
@@ -37,8 +36,7 @@ def main(argv=None):
         _, report = convert_checkpoint(args.src, args.model, args.out, source,
                                        args.num_classes, args.drop_head)
     except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     print(report)
     print(f"wrote {args.out}")
     return 0

@@ -4,7 +4,6 @@ The converter knows the zoo's data (:mod:`res2net_ms.models`): which network a n
 its classifier and first conv. It never needs the engine or the factory.
 """
 import os
-import warnings
 from dataclasses import dataclass, field
 
 import mindspore as ms
@@ -18,10 +17,14 @@ from .errors import CheckpointFormatError, CheckpointMismatchError
 from .layouts import LAYOUTS, detect_layout, official_to_ours, ours_to_official, to_official
 from .readers import load_any, save_safetensors
 
-__all__ = ["ConversionReport", "read_state", "param_shapes", "map_to_network", "check_strict",
-           "convert_checkpoint", "export_torch", "load_into", "adapt_input_conv"]
+__all__ = ["ConversionReport", "State", "read_state", "param_shapes", "map_to_network",
+           "check_strict",
+           "convert_checkpoint", "export_torch", "load_into", "adapt_input_conv", "network_args"]
 
 _WRAPPERS = ("state_dict", "model", "module", "network")
+# String entry of converted .ckpt files naming the layout of weights that need other network
+# arguments (see :func:`network_args`).
+SOURCE_KEY = "source_layout"
 
 
 @dataclass
@@ -50,8 +53,20 @@ class ConversionReport:
         return "\n".join(lines)
 
 
+class State(dict):
+    """A checkpoint's tensors, ``{name: numpy array}``; ``source`` names the file it was read
+    from and ``marks`` holds its string entries (e.g. ``source_layout``)."""
+
+    def __init__(self, tensors, source, marks=None):
+        super().__init__(tensors)
+        self.source = source
+        self.marks = dict(marks or {})
+
+
 def read_state(path):
-    """Read any supported file into a flat ``{name: numpy array}`` dict."""
+    """Read any supported file into a flat :class:`State` (``{name: numpy array}``)."""
+    if isinstance(path, State):
+        return path
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -60,7 +75,8 @@ def read_state(path):
             params = load_ckpt(path)
         except CheckpointReadError as exc:
             raise CheckpointFormatError(str(exc)) from None
-        return {k: v.asnumpy() for k, v in params.items() if hasattr(v, "asnumpy")}
+        return State({k: v.asnumpy() for k, v in params.items() if hasattr(v, "asnumpy")}, path,
+                     {k: v for k, v in params.items() if isinstance(v, str)})
     obj = load_any(path)
     for _ in range(3):  # unwrap {'state_dict': ...}, {'model': ...}, mmengine {'meta', ...}
         if isinstance(obj, dict) and not _is_state(obj):
@@ -73,7 +89,7 @@ def read_state(path):
     state = {k: v for k, v in obj.items() if isinstance(v, np.ndarray)}
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
-    return state
+    return State(state, path)
 
 
 def _is_zip(path):
@@ -148,9 +164,9 @@ def map_to_network(state, targets, source="auto", source_name="<memory>", model_
         report.missing += head_missing
     report.mapped = len(weights)
     if layout == "mmdet":
-        report.notes.append("mmdetection's Res2Net skips the layer1.0 stage pool, which this "
-                            "(official) network applies: features differ slightly (~3e-2 at "
-                            "stage 1) until fine-tuned")
+        report.notes.append("mmdetection's Res2Net skips the stage pool where the stride is 1 "
+                            "(layer1.0): create_model builds it so for these weights "
+                            "(stride1_pool=False)")
     if report.dropped.get("unexpected"):
         report.mismatched += [(n, "unexpected", None) for n in report.dropped["unexpected"]]
     return weights, report
@@ -219,7 +235,7 @@ def convert_checkpoint(src, model_name, out=None, source="auto", num_classes=Non
     cfg = get_model_config(model_name)
     state = read_state(src)
     targets, net = _shapes_of(cfg, num_classes=_head_rows(state, cfg) or 1000)
-    weights, report = map_to_network(state, targets, source, str(src), cfg.name,
+    weights, report = map_to_network(state, targets, source, state.source, cfg.name,
                                      keep_head=not drop_head and num_classes is None,
                                      classifier=cfg.classifier)
     check_strict(report, state)
@@ -229,11 +245,22 @@ def convert_checkpoint(src, model_name, out=None, source="auto", num_classes=Non
     elif not any(k.startswith(cfg.classifier + ".") for k in weights):
         report.notes.append("no classifier in the checkpoint: use with features_only=True, "
                             "or fine-tune with a new classifier")
-    if report.layout == "mmdet":
-        warnings.warn(report.notes[0], stacklevel=2)
     if out is not None:
-        save_ckpt(weights, out)
+        marks = {SOURCE_KEY: "mmdet"} if report.layout == "mmdet" else None
+        save_ckpt(weights, out, append_dict=marks)
     return weights, report
+
+
+def network_args(state):
+    """Network arguments the weights of ``state`` (a :class:`State` or a file) were trained
+    with, beyond the zoo config.
+
+    mmdetection's Res2Net skips the stage pool where the stride is 1, so its checkpoints, and
+    ours converted from them (marked ``source_layout: mmdet``), need ``stride1_pool=False``.
+    """
+    state = read_state(state)
+    mmdet = state.marks.get(SOURCE_KEY) == "mmdet" or detect_layout(state) == "mmdet"
+    return {"stride1_pool": False} if mmdet else {}
 
 
 def _head_rows(state, cfg):
@@ -267,7 +294,8 @@ def export_torch(ckpt, out, model_name=None):
 
 
 def load_into(net, path, model_name="?", use_ema=False):
-    """Load ``path`` into ``net`` (used by ``create_model(checkpoint_path=...)``).
+    """Load ``path`` (a file, or a :class:`State` read from one) into ``net`` (used by
+    ``create_model(checkpoint_path=...)``).
 
     Every backbone parameter must be found; a classifier of another size, or one the
     network does not have (``features_only``), is skipped and left as initialised.
@@ -275,6 +303,7 @@ def load_into(net, path, model_name="?", use_ema=False):
     """
     cfg = getattr(net, "default_cfg", None) or get_model_config(model_name)
     state = read_state(path)
+    path = state.source
     if use_ema:
         ema = {k[len("ema."):]: v for k, v in state.items() if k.startswith("ema.")}
         if not ema:

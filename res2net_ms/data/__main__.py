@@ -5,7 +5,6 @@ problems that would stop training, and the files the loader would ignore. Exit s
 the folder is ready to train on, 1 when it is not, 2 for a wrong command line.
 """
 import argparse
-import sys
 
 from ..process import exit_process
 from .images import check_data_dir

@@ -8,23 +8,37 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .folder import IMAGE_EXTENSIONS, DataError, check_imagefolder
 
-__all__ = ["image_problem", "bad_images", "check_data_dir"]
+__all__ = ["ImageError", "read_rgb", "image_problem", "bad_images", "check_data_dir"]
+
+
+class ImageError(ValueError):
+    """A file that does not decode as an image; the message names it, on one line."""
+
+
+def read_rgb(path, exif_transpose=False):
+    """The image at ``path`` as an RGB PIL image (turned upright as its EXIF orientation
+    says with ``exif_transpose``, as OpenCV reads it); :class:`ImageError` if it is none."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image = ImageOps.exif_transpose(image) if exif_transpose else image
+                return image.convert("RGB")
+    except Exception as exc:  # Pillow raises many types for corrupt or foreign files
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise ImageError(f"{path}: not a readable image ({reason})") from None
 
 
 def image_problem(path):
     """Why ``path`` cannot be decoded as an image, or None if it can."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()
-    except Exception as exc:  # Pillow raises many types for corrupt input
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        return text[:160]
+        read_rgb(path)
+    except ImageError as exc:
+        return str(exc).split("not a readable image (", 1)[1][:-1]
     return None
 
 

@@ -9,11 +9,9 @@ EMA weights are present, the resolved config as YAML and the class-folder names 
 real name.
 """
 import json
-import logging
 import os
 import re
 import shutil
-import urllib.request
 
 import numpy as np
 from mindspore import Tensor, nn
@@ -21,7 +19,7 @@ from mindspore import Tensor, nn
 from ..ckpt import CheckpointReadError, load_ckpt, save_ckpt
 from ..convert import load_into
 from ..fileio import TEMP_MARK, atomic_write
-from ..models import get_model_config
+from ..hub import WeightsError, pretrained_path
 
 __all__ = ["CheckpointError", "FORMAT", "CheckpointKeeper", "state_parameters",
            "save_checkpoint_atomic", "read_checkpoint_meta", "checkpoint_classes",
@@ -38,8 +36,6 @@ _STR_META = ("format", "model", "config", "classes")
 # Stored as "meta.<key>": the optimizer already has a parameter called "global_step".
 _PREFIX = "meta."
 META_KEYS = tuple(_PREFIX + k for k in _INT_META + _FLOAT_META + _STR_META)
-
-_logger = logging.getLogger("res2net_ms")
 
 
 class CheckpointError(ValueError):
@@ -222,21 +218,11 @@ def load_weights(network, path, model_name, use_ema=False):
 
 
 def pretrained_file(model_name, cache_dir=None):
-    """The official PyTorch weights of ``model_name``, downloaded once into a cache folder."""
-    cfg = get_model_config(model_name)
-    if not cfg.url:
-        raise CheckpointError(f"{cfg.name} has no published weights: train it from scratch or "
-                              f"pass --ckpt_path")
-    cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "res2net_ms")
-    target = os.path.join(cache_dir, cfg.weights)
-    if os.path.isfile(target):
-        return target
-    _logger.info("downloading %s", cfg.url)
+    """The official weights of ``model_name``, converted and cached by :mod:`res2net_ms.hub`."""
     try:
-        return atomic_write(target, lambda tmp: urllib.request.urlretrieve(cfg.url, tmp))
-    except OSError as exc:
-        raise CheckpointError(f"cannot download {cfg.url}: {exc}; download it yourself and "
-                              f"pass --ckpt_path") from None
+        return pretrained_path(model_name, cache_dir)
+    except WeightsError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 class CheckpointKeeper:

@@ -22,7 +22,7 @@ from ..config import ConfigError
 from ..data import DataError, check_imagefolder
 from ..factory import create_model
 from ..fileio import remove_stale_temporaries
-from ..process import launched_by_launcher
+from ..process import launched_by_launcher, warn_slow_mindspore
 from .checkpoint import (CheckpointError, load_training_state, load_weights, newest_checkpoint,
                          pretrained_file, read_checkpoint_meta, state_parameters,
                          training_checkpoints)
@@ -63,6 +63,7 @@ def setup_context(args):
     if args.device_target not in ("auto", ms.get_context("device_target")):
         ms.set_device(args.device_target)
     args.device_target = ms.get_context("device_target")
+    warn_slow_mindspore(device_target=args.device_target)
     if args.amp_level == "auto":
         args.amp_level = "O0" if args.device_target == "CPU" else "O2"
     if args.mode == 0:

@@ -14,6 +14,9 @@ class Bottle2neck(nn.Cell):
     * other blocks add each conv's output to the next split, and pass the last split unchanged;
     * the stride sits on the 3x3 convs and on the stage pool.
 
+    mmdetection's Res2Net (which its detector checkpoints were trained with) applies the stage
+    pool only where the stride is not 1: ``stride1_pool=False`` computes that.
+
     Args:
         in_channels: input channels.
         out_channels: output channels of the final 1x1 conv.
@@ -26,10 +29,13 @@ class Bottle2neck(nn.Cell):
         downsample: cell computing the shortcut, or None for identity (DLA passes its own).
         drop_path: stochastic-depth probability of the residual branch.
         zero_init_last: zero the last BN's scale so the block starts as identity (timm default).
+        stride1_pool: apply the stage pool in stride-1 stage blocks too (official); False:
+            pass the last split unchanged there (mmdetection).
     """
 
     def __init__(self, in_channels, out_channels, width, scale=4, stride=1, stage=False,
-                 cardinality=1, dilation=1, downsample=None, drop_path=0.0, zero_init_last=False):
+                 cardinality=1, dilation=1, downsample=None, drop_path=0.0, zero_init_last=False,
+                 stride1_pool=True):
         super().__init__()
         if scale < 1:
             raise ValueError(f"scale must be >= 1, got {scale}: it is the number of splits")
@@ -44,7 +50,8 @@ class Bottle2neck(nn.Cell):
             for _ in range(self.nums)
         ])
         self.bns = nn.CellList([batch_norm(width) for _ in range(self.nums)])
-        self.pool = stage_pool(stride) if stage and scale > 1 else None
+        self.pool = (stage_pool(stride) if stage and scale > 1 and (stride > 1 or stride1_pool)
+                     else None)
         self.conv3 = conv2d(width * scale, out_channels, 1)
         self.bn3 = batch_norm(out_channels)
         if zero_init_last:
@@ -67,7 +74,7 @@ class Bottle2neck(nn.Cell):
             outs = outs + (sp,)
         if self.scale > 1:
             last = splits[self.nums]
-            outs = outs + ((self.pool(last) if self.stage else last),)
+            outs = outs + ((last if self.pool is None else self.pool(last)),)
         out = self.bn3(self.conv3(ops.cat(outs, axis=1)))
         if self.drop_path is not None:
             out = self.drop_path(out)

@@ -6,6 +6,8 @@ PyTorch counterpart computes, odd input sizes included.
 from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal
 
+from .kernels import Pool3x3
+
 
 def conv2d(in_channels, out_channels, kernel_size, stride=1, dilation=1, groups=1):
     """Bias-free conv with PyTorch-style symmetric padding and the official He-normal init."""
@@ -24,7 +26,12 @@ def batch_norm(channels):
 
 def stage_pool(stride):
     """The 3x3 average pool applied to the last split of a stage block (padding counted)."""
-    return nn.AvgPool2d(3, stride, pad_mode="pad", padding=1, count_include_pad=True)
+    return Pool3x3("avg", stride)
+
+
+def stem_pool():
+    """The stem's 3x3 stride-2 max pool (padding 1)."""
+    return Pool3x3("max", 2)
 
 
 class DropPath(nn.Cell):

@@ -4,7 +4,7 @@ Building a model with weights is :func:`res2net_ms.factory.create_model`, one la
 """
 import difflib
 import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .dla import DLA
 from .res2net import Res2Net
@@ -25,6 +25,8 @@ class ModelConfig:
     (the converter adapts the one and re-initialises the other); ``conv_classifier`` says the
     official checkpoint stores the classifier as a 1x1 conv (DLA). ``extra`` holds notes
     (``weights_note``: where weights exist that cannot be downloaded by URL).
+    ``counted_gmacs`` is what ``python -m res2net_ms.summary`` counts at 224 px (convolutions
+    and classifier that run); the published ``gmacs`` are rounded to one decimal.
     """
 
     name: str
@@ -46,6 +48,7 @@ class ModelConfig:
     interpolation: str = "bilinear"
     num_classes: int = 1000
     extra: dict = field(default_factory=dict)
+    counted_gmacs: float = None
 
     @property
     def url(self):
@@ -55,7 +58,7 @@ class ModelConfig:
         """Plain values only (for logs and saved configs)."""
         keys = ("name", "params", "top1", "top5", "gmacs", "weights", "url", "first_conv",
                 "classifier", "input_size", "mean", "std", "crop_pct", "interpolation",
-                "num_classes")
+                "num_classes", "counted_gmacs")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -103,6 +106,17 @@ _CONFIGS = [
                 78.45, 94.14, 3.6, "res2next_dla60_4s-d327927b.pth",
                 first_conv="base_layer.0.weight", conv_classifier=True),
 ]
+
+# GMACs at 224 px counted by ``python -m res2net_ms.summary NAME`` (tests/test_summary.py
+# recounts them, slow); kept here as data so that the README table needs no counting.
+_COUNTED_GMACS = {
+    "res2net50_26w_4s": 4.26, "res2net50_48w_2s": 4.16, "res2net50_14w_8s": 4.18,
+    "res2net50_26w_6s": 6.30, "res2net50_26w_8s": 8.34, "res2net101_26w_4s": 8.07,
+    "res2net152_26w_4s": 11.88, "res2net50_v1b_26w_4s": 4.49, "res2net101_v1b_26w_4s": 8.31,
+    "res2net152_v1b_26w_4s": 12.12, "res2next50": 4.17, "res2net_dla60": 4.12,
+    "res2next_dla60": 3.46,
+}
+_CONFIGS = [replace(cfg, counted_gmacs=_COUNTED_GMACS[cfg.name]) for cfg in _CONFIGS]
 
 MODELS = {cfg.name: cfg for cfg in _CONFIGS}
 ALIASES = {alias: cfg.name for cfg in _CONFIGS for alias in cfg.aliases}

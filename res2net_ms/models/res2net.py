@@ -8,7 +8,7 @@ from mindspore import nn
 
 from .backbone import Backbone
 from .block import Bottle2neck
-from .layers import batch_norm, conv2d
+from .layers import batch_norm, conv2d, stem_pool
 
 EXPANSION = 4
 
@@ -34,13 +34,15 @@ class Res2Net(Backbone):
         frozen_stages: freeze the stem and stages 1..k (-1: nothing frozen).
         norm_eval: keep every BN in inference mode, even in training.
         zero_init_last: start each block as identity by zeroing its last BN scale.
+        stride1_pool: the stage pool also in stride-1 stage blocks (official); False as
+            mmdetection's Res2Net (layer1.0, and dilated stages, have none).
     """
 
     def __init__(self, layers, base_width=26, scale=4, cardinality=1, deep_stem=False,
                  stem_width=32, avg_down=False, num_classes=1000, in_channels=3, drop_rate=0.0,
                  drop_path_rate=0.0, output_stride=32, features_only=False,
                  out_indices=(1, 2, 3, 4), frozen_stages=-1, norm_eval=False,
-                 zero_init_last=False):
+                 zero_init_last=False, stride1_pool=True):
         super().__init__()
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
@@ -56,7 +58,7 @@ class Res2Net(Backbone):
             self.conv1 = conv2d(in_channels, 64, 7, stride=2)
         self.bn1 = batch_norm(64)
         self.relu = nn.ReLU()
-        self.maxpool = nn.MaxPool2d(3, 2, pad_mode="pad", padding=1)
+        self.maxpool = stem_pool()
 
         total_blocks = sum(layers)
         block_index = 0
@@ -83,7 +85,7 @@ class Res2Net(Backbone):
                     in_ch, out_ch, width, scale=scale, stride=stride if i == 0 else 1,
                     stage=i == 0, cardinality=cardinality,
                     dilation=first_dilation if i == 0 else dilation, downsample=downsample,
-                    drop_path=dpr, zero_init_last=zero_init_last,
+                    drop_path=dpr, zero_init_last=zero_init_last, stride1_pool=stride1_pool,
                 ))
                 in_ch = out_ch
                 block_index += 1

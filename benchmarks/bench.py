@@ -1,0 +1,431 @@
+"""Speed and memory of res2net_ms against mindcv and PyTorch on this machine, in one run.
+
+``python benchmarks/bench.py [--model res2net50_26w_4s] [--batch 16] [--size 224]
+[--precision fp32] [--rounds 3] [--out benchmarks/bench.json]``
+
+Every implementation runs in a subprocess of its own (its own runtime, its own memory), and the
+subprocesses take turns over ``--rounds`` rounds, so a busy spell of a shared machine slows all
+of them alike; compare the ratios of one run. Each subprocess measures
+
+* **first step**: the first training step, graph compilation included (PyTorch: eager warm-up);
+* **train**: seconds per training step (forward, loss, backward, optimizer update);
+* **infer**: seconds per inference batch;
+* **peak RSS**: the process's peak resident memory once training has run.
+
+What runs: ours is the step ``train.py`` runs (``engine.setup.build_train_step`` ->
+``TrainStep``, the default recipe options) and infers with BN folded into the convs
+(``fuse_bn``, as predict and export do); mindcv is its ``res2net50`` family under the step its
+``train.py`` builds (``mindcv.utils.create_trainer``); PyTorch is timm's model, eager, with SGD.
+A large MatMul gives the machine's reachable GFLOP/s, to judge the effective rates.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULT = "BENCH_RESULT "
+# Our zoo name -> the same network in mindcv (timm uses our names, or these aliases).
+MINDCV_NAMES = {"res2net50_26w_4s": "res2net50", "res2net101_26w_4s": "res2net101",
+                "res2net152_26w_4s": "res2net152", "res2net50_v1b_26w_4s": "res2net50_v1b",
+                "res2net101_v1b_26w_4s": "res2net101_v1b",
+                "res2net152_v1b_26w_4s": "res2net152_v1b"}
+TIMM_NAMES = {"res2net50_v1b_26w_4s": "res2net50d", "res2net101_v1b_26w_4s": "res2net101d"}
+TARGETS = {"train": ("torch", 0.9), "infer": ("torch", 0.7), "first": ("mindcv", 0.8),
+           "rss": ("torch", 1.0)}
+AMP = {"fp32": "O0", "fp16": "O2"}
+
+
+# --------------------------------------------------------------------------- workers
+def _inputs(batch, size, num_classes, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((batch, 3, size, size), dtype=np.float32),
+            rng.integers(0, num_classes, batch).astype(np.int32))
+
+
+def _timed(fn, steps):
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _peak_rss():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _measure(train_call, infer_call, opts):
+    """The common protocol: first step, warm-up, timed steps, peak RSS, then inference."""
+    start = time.perf_counter()
+    train_call()
+    first = time.perf_counter() - start
+    train_call()
+    train = _timed(train_call, opts.steps)
+    rss = _peak_rss()
+    start = time.perf_counter()
+    infer_call()
+    infer_first = time.perf_counter() - start
+    infer_call()
+    infer = _timed(infer_call, opts.infer_steps)
+    return {"first": first, "train": train, "rss": rss, "infer_first": infer_first,
+            "infer": infer}
+
+
+def _recipe_args(opts):
+    """train.py's options with their defaults, for this model, batch, size and precision."""
+    from res2net_ms.config import parse_args, resolve_model_defaults
+
+    args = parse_args(["--model", opts.model, "--batch_size", str(opts.batch),
+                       "--image_resize", str(opts.size), "--num_classes", str(opts.num_classes),
+                       "--amp_level", AMP[opts.precision]])
+    return resolve_model_defaults(args)
+
+
+def worker_ours(opts):
+    import mindspore as ms
+
+    from res2net_ms.engine.setup import build_network, build_train_step, setup_context
+    from res2net_ms.factory import create_model
+    from res2net_ms.models.fuse import fuse_bn
+
+    args = _recipe_args(opts)
+    setup_context(args)
+    ms.set_seed(0)
+    parts = build_train_step(args, build_network(args), steps_per_epoch=1000, group_size=1)
+    images, labels = (ms.Tensor(a) for a in _inputs(opts.batch, opts.size, opts.num_classes))
+    net = create_model(opts.model, num_classes=opts.num_classes)
+    net.set_train(False)
+    fuse_bn(net)
+    return _measure(lambda: parts.train_step(images, labels)[0].asnumpy(),
+                    lambda: net(images).asnumpy(), opts)
+
+
+def worker_mindcv(opts):
+    import mindcv
+    import mindspore as ms
+    from mindcv.loss import create_loss
+    from mindcv.optim import create_optimizer
+    from mindcv.utils import create_trainer
+
+    args = _recipe_args(opts)
+    ms.set_context(mode=ms.GRAPH_MODE, jit_config={"jit_level": args.jit_level})
+    ms.set_seed(0)
+    network = mindcv.create_model(MINDCV_NAMES[opts.model], num_classes=opts.num_classes)
+    loss = create_loss(name=args.loss, label_smoothing=args.label_smoothing)
+    optimizer = create_optimizer(network, opt=args.opt, lr=args.lr,
+                                 weight_decay=args.weight_decay, momentum=args.momentum,
+                                 nesterov=args.use_nesterov,
+                                 weight_decay_filter=args.weight_decay_filter)
+    model = create_trainer(network, loss, optimizer, metrics={}, amp_level=args.amp_level,
+                           amp_cast_list=None, loss_scale_type=args.loss_scale_type,
+                           loss_scale=args.loss_scale)
+    train_step = model._train_network  # the cell mindcv's Model.train runs every step
+    train_step.set_train(True)
+    images, labels = (ms.Tensor(a) for a in _inputs(opts.batch, opts.size, opts.num_classes))
+    infer_net = mindcv.create_model(MINDCV_NAMES[opts.model], num_classes=opts.num_classes)
+    infer_net.set_train(False)
+    return _measure(lambda: train_step(images, labels).asnumpy(),
+                    lambda: infer_net(images).asnumpy(), opts)
+
+
+def worker_torch(opts):
+    import timm
+    import torch
+
+    args = _recipe_args(opts)
+    torch.manual_seed(0)
+    model = timm.create_model(TIMM_NAMES.get(opts.model, opts.model),
+                              num_classes=opts.num_classes)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay, nesterov=args.use_nesterov)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    images, labels = (torch.from_numpy(a) for a in _inputs(opts.batch, opts.size,
+                                                           opts.num_classes))
+    labels = labels.long()
+    autocast = torch.autocast("cpu", dtype=torch.float16, enabled=opts.precision == "fp16")
+
+    def train_call():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = loss_fn(model(images).float(), labels)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    infer_model = timm.create_model(TIMM_NAMES.get(opts.model, opts.model),
+                                    num_classes=opts.num_classes).eval()
+
+    def infer_call():
+        with torch.inference_mode(), autocast:
+            return infer_model(images).float().numpy()
+
+    return _measure(train_call, infer_call, opts)
+
+
+def worker_matmul(opts):
+    """Reachable fp32 GFLOP/s (MindSpore and PyTorch MatMul) and the model's forward MACs."""
+    import mindspore as ms
+    import numpy as np
+    from mindspore import ops
+
+    from res2net_ms.factory import create_model
+    from res2net_ms.summary import count_macs
+
+    n = opts.matmul_size
+    a = ms.Tensor(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
+    ops.matmul(a, a).asnumpy()
+    out = {"matmul_n": n,
+           "mindspore_gflops": 2 * n ** 3 / min(_timed(lambda: ops.matmul(a, a).asnumpy(), 5))
+           / 1e9}
+    try:
+        import torch
+
+        t = torch.from_numpy(a.asnumpy())
+        torch.matmul(t, t)
+        out["torch_gflops"] = 2 * n ** 3 / min(_timed(lambda: torch.matmul(t, t), 5)) / 1e9
+    except ImportError:
+        pass
+    net = create_model(opts.model, num_classes=opts.num_classes)
+    net.set_train(False)
+    stages, head = count_macs(net, opts.size)
+    out["macs_per_image"] = sum(s["macs"] for s in stages) + head
+    return out
+
+
+WORKERS = {"ours": worker_ours, "mindcv": worker_mindcv, "torch": worker_torch,
+           "matmul": worker_matmul}
+
+
+# --------------------------------------------------------------------------- driver
+def versions():
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for pkg in ("mindspore", "mindcv", "torch", "timm", "numpy"):
+        try:
+            found[pkg] = version(pkg)
+        except PackageNotFoundError:
+            found[pkg] = None
+    return found
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.platform(),
+            "python": platform.python_version(), "load_average": list(os.getloadavg())}
+
+
+def run_worker(kind, opts):
+    """One subprocess running worker ``kind``: its result dict, or {"error": ...}."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--model", opts.model,
+           "--batch", str(opts.batch), "--size", str(opts.size), "--precision", opts.precision,
+           "--steps", str(opts.steps), "--infer-steps", str(opts.infer_steps),
+           "--num-classes", str(opts.num_classes), "--matmul-size", str(opts.matmul_size)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=opts.timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {opts.timeout} s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT):
+            return json.loads(line[len(RESULT):])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+    return {"error": f"exit {proc.returncode}: {tail[0]}"}
+
+
+def available(opts):
+    """The implementations this machine and model allow, and why the others are left out."""
+    impls, skipped = ["ours"], {}
+    if opts.model in MINDCV_NAMES:
+        impls.append("mindcv")
+    else:
+        skipped["mindcv"] = f"mindcv has no {opts.model}"
+    try:
+        import timm
+        import torch  # noqa: F401
+
+        if timm.is_model(TIMM_NAMES.get(opts.model, opts.model)):
+            impls.append("torch")
+        else:
+            skipped["torch"] = f"timm has no {opts.model}"
+    except ImportError:
+        skipped["torch"] = "torch/timm not installed"
+    return [i for i in impls if i in opts.impls], skipped
+
+
+def summarize(samples):
+    """Median and spread (interquartile range relative to the median) of pooled samples."""
+    if not samples:
+        return None
+    med = statistics.median(samples)
+    if len(samples) >= 4:
+        q = statistics.quantiles(samples, n=4)
+        spread = (q[2] - q[0]) / med
+    else:
+        spread = (max(samples) - min(samples)) / med
+    return {"median": med, "spread": spread, "min": min(samples), "max": max(samples),
+            "n": len(samples)}
+
+
+def collect(rounds):
+    """Pool the rounds of every implementation into per-metric summaries."""
+    out = {}
+    for impl, results in rounds.items():
+        ok = [r for r in results if "error" not in r]
+        if not ok:
+            out[impl] = {"error": results[-1]["error"]}
+            continue
+        out[impl] = {
+            "train": summarize([t for r in ok for t in r["train"]]),
+            "infer": summarize([t for r in ok for t in r["infer"]]),
+            "first": summarize([r["first"] for r in ok]),
+            "infer_first": summarize([r["infer_first"] for r in ok]),
+            "rss": summarize([r["rss"] for r in ok]),
+            "failed_rounds": len(results) - len(ok),
+        }
+    return out
+
+
+def ratios(summary):
+    ours = summary.get("ours", {})
+    out = {}
+    for peer in ("torch", "mindcv"):
+        theirs = summary.get(peer, {})
+        if "error" in ours or "error" in theirs or not theirs:
+            continue
+        out[peer] = {m: ours[m]["median"] / theirs[m]["median"]
+                     for m in ("train", "infer", "first", "rss")}
+    return out
+
+
+LABELS = {"ours": "res2net_ms {model}", "mindcv": "mindcv {mindcv} (graph {jit})",
+          "torch": "PyTorch eager, timm {timm}"}
+
+
+def _cell(stat, unit):
+    if stat is None:
+        return "–"
+    if unit == "GB":
+        return f"{stat['median'] / 1e9:.2f} GB"
+    return f"{stat['median']:.3f} s ±{100 * stat['spread']:.0f}%"
+
+
+def table(summary, rat, opts, flops):
+    names = {"model": opts.model, "mindcv": MINDCV_NAMES.get(opts.model, ""),
+             "timm": TIMM_NAMES.get(opts.model, opts.model), "jit": "O2"}
+    lines = ["| | train step | inference | first train step | peak RSS | train GFLOP/s "
+             "| infer GFLOP/s |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for impl, s in summary.items():
+        label = LABELS[impl].format(**names)
+        if "error" in s:
+            lines.append(f"| {label} | failed: {s['error']} | | | | | |")
+            continue
+        rates = [f"{flops * 3 / s['train']['median'] / 1e9:.0f}",
+                 f"{flops / s['infer']['median'] / 1e9:.0f}"] if flops else ["–", "–"]
+        lines.append(f"| {label} | {_cell(s['train'], 's')} | {_cell(s['infer'], 's')} "
+                     f"| {_cell(s['first'], 's')} | {_cell(s['rss'], 'GB')} | "
+                     + " | ".join(rates) + " |")
+    for peer, r in rat.items():
+        cells = []
+        for m in ("train", "infer", "first", "rss"):
+            target = TARGETS[m]
+            mark = ""
+            if target[0] == peer:
+                mark = f" ({'met' if r[m] <= target[1] else 'missed'}: ≤ {target[1]})"
+            cells.append(f"{r[m]:.2f}×{mark}")
+        lines.append(f"| ours / {'PyTorch' if peer == 'torch' else 'mindcv'} | "
+                     + " | ".join(cells) + " | | |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="res2net50_26w_4s")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--precision", choices=sorted(AMP), default="fp32")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    p.add_argument("--steps", type=int, default=4, help="timed training steps per round")
+    p.add_argument("--infer-steps", type=int, default=6, help="timed inference batches per round")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--matmul-size", type=int, default=4096)
+    p.add_argument("--impls", default="ours,mindcv,torch",
+                   help="comma-separated subset of ours,mindcv,torch")
+    p.add_argument("--timeout", type=int, default=900, help="seconds per subprocess")
+    p.add_argument("--out", default=os.path.join(HERE, "bench.json"))
+    p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    opts = p.parse_args(argv)
+    opts.impls = opts.impls.split(",")
+
+    if opts.worker:
+        print(RESULT + json.dumps(WORKERS[opts.worker](opts)), flush=True)
+        return 0
+
+    impls, skipped = available(opts)
+    vers, box = versions(), machine()
+    print(f"{opts.model}, batch {opts.batch}, {opts.size} px, {opts.precision}, "
+          f"{opts.rounds} rounds x ({opts.steps} train + {opts.infer_steps} inference steps)")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in vers.items() if v))
+    print(f"machine: {box['cpu']}, {box['cores']} cores, load average "
+          f"{' '.join(f'{x:.2f}' for x in box['load_average'])}")
+    from res2net_ms.process import warn_slow_mindspore
+
+    warn_slow_mindspore()
+    for impl, why in skipped.items():
+        print(f"left out: {impl} ({why})")
+    start = time.perf_counter()
+    peak = run_worker("matmul", opts)
+    if "error" in peak:
+        print(f"matmul: {peak['error']}")
+    else:
+        print(f"reachable fp32: MatMul {peak['matmul_n']}² {peak['mindspore_gflops']:.0f} "
+              f"GFLOP/s (MindSpore)" + (f", {peak['torch_gflops']:.0f} (PyTorch)"
+                                        if "torch_gflops" in peak else "")
+              + f"; model {peak['macs_per_image'] / 1e9:.2f} GMACs per image forward")
+    rounds = {impl: [] for impl in impls}
+    for r in range(opts.rounds):
+        order = impls[r % len(impls):] + impls[:r % len(impls)]
+        for impl in order:
+            result = run_worker(impl, opts)
+            rounds[impl].append(result)
+            msg = result.get("error") or (
+                f"first {result['first']:.2f} s, train {statistics.median(result['train']):.3f} s, "
+                f"infer {statistics.median(result['infer']):.3f} s, "
+                f"rss {result['rss'] / 1e9:.2f} GB")
+            print(f"  round {r + 1} {impl}: {msg}", flush=True)
+    summary = collect(rounds)
+    rat = ratios(summary)
+    flops = 2 * peak["macs_per_image"] * opts.batch if "macs_per_image" in peak else None
+    print()
+    print(table(summary, rat, opts, flops))
+    print(f"\n{time.perf_counter() - start:.0f} s; load average now "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    report = {"options": {k: v for k, v in vars(opts).items() if k != "worker"},
+              "versions": vers, "machine": box, "skipped": skipped, "matmul": peak,
+              "rounds": rounds, "summary": summary, "ratios": rat,
+              "targets": {m: {"peer": t[0], "max_ratio": t[1]} for m, t in TARGETS.items()}}
+    from res2net_ms.fileio import write_text
+
+    write_text(opts.out, json.dumps(report, indent=1))
+    print(f"wrote {opts.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    from res2net_ms.process import exit_process
+
+    exit_process(main())

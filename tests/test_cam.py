@@ -1,0 +1,126 @@
+"""Grad-CAM: the map is the analytic one where it has a closed form, it is an image of the
+input's size, and on a digits model trained here it lies on the strokes, not the background.
+The trained model also shows predict's real accuracy and a MINDIR exported from it."""
+import glob
+import os
+
+import mindspore as ms
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_args
+from inference_helpers import light_checkpoint, light_network
+from res2net_ms.cam import cam_image, grad_cam
+from res2net_ms.cam import main as cam_main
+from res2net_ms.cam import run as cam_run
+from res2net_ms.engine import train
+from res2net_ms.export import main as export_main
+from res2net_ms.inference import Preprocess, load_model, read_image
+from res2net_ms.models import get_model_config
+from res2net_ms.predict import predict
+
+
+def test_last_stage_cam_is_the_classifier_weighted_features(pynative_mode):
+    """At the last stage, d logit_k / d A = W_k / (H W): Grad-CAM is relu(sum_c W_kc A_c)."""
+    net = light_network()
+    x = np.random.RandomState(0).randn(3, 64, 64).astype(np.float32)
+    features = net.forward_stages(ms.Tensor(x[None]))[-1].asnumpy()[0]
+    maps = np.maximum(np.tensordot(net.fc.weight.asnumpy(), features, axes=1), 0)
+    k = int(np.argmax(maps.reshape(10, -1).max(axis=1) - maps.reshape(10, -1).min(axis=1)))
+    cam, index, prob = grad_cam(net, x, class_index=k)
+    assert cam.shape == (2, 2) and index == k and 0 < prob < 1 and cam.max() == 1.0
+    np.testing.assert_allclose(cam, maps[k] / maps[k].max(), atol=1e-5)
+
+
+def test_map_covers_the_centre_crop_at_the_images_size():
+    preprocess = Preprocess.of_model(get_model_config("res2net50"), image_size=32)
+    heat = cam_image(np.ones((2, 2), np.float32), (50, 40), preprocess)
+    assert heat.shape == (40, 50)  # (height, width) of the original image
+    left, top, right, bottom = (int(round(v)) for v in preprocess.crop_box(50, 40))
+    assert (left, top, right, bottom) == (7, 2, 43, 38)  # 40 * 32 / floor(32 / 0.875) = 35.6
+    assert heat[top:bottom, left:right].min() == 1.0 and heat.sum() == (right - left) * 36
+
+
+def test_cam_bad_input_one_line_and_status_2(digits_dir, tmp_path, capsys):
+    path, _ = light_checkpoint(digits_dir, tmp_path / "light.ckpt")
+    image = sorted(glob.glob(os.path.join(digits_dir, "val", "3", "*.png")))[0]
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("text")
+    cases = [
+        ([image, "--ckpt_path", path, "--stage", 9, "--out", tmp_path / "a.png"],
+         "stage must be 1..4"),
+        ([image, "--ckpt_path", path, "--class", 10, "--out", tmp_path / "a.png"],
+         "class 10 out of range"),
+        ([not_image, "--ckpt_path", path, "--out", tmp_path / "a.png"], "not a readable image"),
+        ([image, "--ckpt_path", path, "--out", tmp_path / "a.xyz"], "cannot tell the image format"),
+        ([image, "--ckpt_path", tmp_path / "model.mindir", "--out", tmp_path / "a.png"],
+         "pass the checkpoint, not an exported .mindir"),
+    ]
+    for argv, expected in cases:
+        code = cam_main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        assert code == 2 and out == "" and err.count("\n") == 1 and expected in err, err
+    assert sorted(os.listdir(tmp_path)) == ["light.ckpt", "notes.png"]
+
+
+@pytest.fixture(scope="module")
+def digits_model(digits_dir, tmp_path_factory):
+    """The demo's light network trained 2 epochs on the digits (about 95 % val top-1)."""
+    save_dir = tmp_path_factory.mktemp("digits_run")
+    result = train(run_args(digits_dir, save_dir, "--epoch_size", "2"))
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    return result["best"]
+
+
+def _val_images(digits_dir, per_class=3):
+    return [p for c in range(10)
+            for p in sorted(glob.glob(os.path.join(digits_dir, "val", str(c), "*.png")))[:per_class]]
+
+
+@pytest.mark.slow
+def test_cam_of_the_digits_model_lies_on_the_strokes(digits_model, digits_dir, tmp_path, capsys):
+    images = _val_images(digits_dir)
+    code = cam_main([images[0], "--ckpt_path", digits_model, "--out", str(tmp_path / "cam.png"),
+                     "--stage", "1"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.startswith(f"wrote {tmp_path / 'cam.png'}: Grad-CAM of class ")
+    assert Image.open(tmp_path / "cam.png").size == Image.open(images[0]).size
+
+    # At 32 px the last stages are 1x1 and 2x2: stage 1 (8x8) is the one that can localise.
+    on_strokes, on_background, ratios = [], [], []
+    for path in images:
+        heat = cam_run(path, str(tmp_path / "c.png"), ckpt_path=digits_model, stage=1)["cam"]
+        gray = np.asarray(read_image(path).convert("L"), np.float32)
+        assert heat.shape == gray.shape
+        if heat.sum() == 0:
+            continue
+        strokes, empty = gray > 128, gray < 16
+        on_strokes.append(heat[strokes].sum() / heat.sum())
+        on_background.append(heat[empty].sum() / heat.sum())
+        ratios.append(heat[strokes].mean() / max(heat[empty].mean(), 1e-6))
+    assert len(ratios) >= 25
+    # the empty background holds more pixels than the strokes, yet less of the map
+    assert np.mean(on_strokes) > np.mean(on_background), (on_strokes, on_background)
+    assert np.median(ratios) > 1.5, ratios  # measured 2.0-5.0 over training runs
+
+
+@pytest.mark.slow
+def test_predict_on_the_digits_model_is_accurate_and_its_mindir_agrees(digits_model, digits_dir,
+                                                                      tmp_path, capsys):
+    val = os.path.join(digits_dir, "val")
+    results = predict(val, ckpt_path=digits_model, topk=1, batch_size=60)
+    truth = [os.path.basename(os.path.dirname(r["image"])) for r in results]
+    accuracy = np.mean([r["top"][0]["label"] == t for r, t in zip(results, truth)])
+    assert len(results) == 360 and accuracy >= 0.85
+    assert export_main(["--ckpt_path", digits_model, "--format", "MINDIR", "--batch", "8",
+                        "--out", str(tmp_path / "digits.mindir")]) == 0
+    assert "checked with mindspore.load" in capsys.readouterr().out
+    images = _val_images(digits_dir, 2)
+    from_mindir = predict(images, ckpt_path=str(tmp_path / "digits.mindir"), topk=2)
+    from_ckpt = predict(images, model=load_model(ckpt_path=digits_model), topk=2)
+    for a, b in zip(from_mindir, from_ckpt):
+        assert [t["label"] for t in a["top"]] == [t["label"] for t in b["top"]]
+        np.testing.assert_allclose([t["probability"] for t in a["top"]],
+                                   [t["probability"] for t in b["top"]], atol=1e-5)
