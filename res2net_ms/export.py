@@ -11,8 +11,9 @@ onnxruntime when installed) and its logits compared with the network's on a rand
 A MINDIR also stores the model name, class count, class names and preprocessing, so that
 ``python -m res2net_ms.predict --ckpt_path model.mindir`` needs nothing else.
 
-The batch size is fixed: MindSpore 2.8's ONNX exporter refuses dynamic shapes, and a
-dynamic-batch MINDIR of these networks does not compile (``ops.split`` in the blocks).
+An ONNX file takes any batch size (``mindspore.onnx.export`` with a dynamic batch axis); a
+MINDIR's batch is fixed: a dynamic-batch MINDIR of these networks does not compile
+(``ops.split`` in the blocks).
 """
 import argparse
 import json
@@ -21,7 +22,7 @@ import os
 
 import mindspore as ms
 import numpy as np
-from mindspore import nn
+from mindspore import nn, onnx
 
 from .fileio import atomic_write
 from .inference import (MINDIR_KEY, InputError, add_weights_arguments, load_model,
@@ -57,11 +58,14 @@ def _write(network, inputs, out, fmt, metadata):
         entry = proto.user_info.add()
         entry.key, entry.value = MINDIR_KEY, json.dumps(metadata)
 
-    extra = {"custom_func": store} if fmt == "MINDIR" else {}
-
     def write(tmp):
         try:
-            ms.export(network, ms.Tensor(inputs), file_name=tmp, file_format=fmt, **extra)
+            if fmt == "ONNX":
+                onnx.export(network, ms.Tensor(inputs), file_name=tmp, input_names=["images"],
+                               output_names=["logits"], dynamic_axes={"images": {0: "batch"}})
+            else:
+                ms.export(network, ms.Tensor(inputs), file_name=tmp, file_format=fmt,
+                          custom_func=store)
         except (RuntimeError, TypeError, ValueError) as exc:
             first = next((line for line in str(exc).splitlines() if line.strip()), str(exc))
             raise ExportError(f"cannot export to {fmt}: {first.strip()}") from None
@@ -85,37 +89,42 @@ def export(loaded, out, fmt="MINDIR", batch=1, image_size=None, seed=0):
     if loaded.fixed_batch is not None:
         raise InputError(f"{loaded.source} is an exported file already: export the checkpoint")
     if batch < 1:
-        raise InputError(f"batch must be at least 1, got {batch} (the batch size is fixed: "
-                         f"MindSpore cannot export a dynamic batch of these networks)")
+        raise InputError(f"batch must be at least 1, got {batch}")
     size = image_size or loaded.preprocess.image_size
     if size < 32:
         raise InputError(f"image size {size} is too small: the networks downsample by 32")
     inputs = np.random.RandomState(seed).randn(batch, 3, size, size).astype(np.float32)
+    # An ONNX file is also checked on another batch size, its batch axis being dynamic.
+    checks = [inputs] + ([inputs[:1].repeat(batch + 2, axis=0) * 0.5] if fmt == "ONNX" else [])
     network = loaded.network
     network.set_train(False)
-    expected = network(ms.Tensor(inputs)).asnumpy()
+    expected = [network(ms.Tensor(x)).asnumpy() for x in checks]
     export_form(network)
     metadata = loaded.metadata()
     metadata["preprocess"]["image_size"] = size
     path = _write(network, inputs, out, fmt, metadata)
-    actual = run_exported(path, fmt, inputs)
     diff = None
-    if actual is not None:
-        diff = float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-12))
+    for x, want in zip(checks, expected):
+        got = run_exported(path, fmt, x)
+        if got is None:
+            break
+        diff = max(diff or 0.0, float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12)))
         if not diff <= TOLERANCE[fmt]:
             raise ExportError(f"{path} computes other logits than the network: max |delta| is "
                               f"{diff:.2e} of the largest logit (tolerance {TOLERANCE[fmt]:g})")
-    return {"path": path, "format": fmt, "input_shape": list(inputs.shape),
+    shape = ["N" if fmt == "ONNX" else batch, 3, size, size]
+    return {"path": path, "format": fmt, "input_shape": shape,
             "bytes": os.path.getsize(path), "max_rel_diff": diff}
 
 
 def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m res2net_ms.export",
-        description="Export a network to MINDIR or ONNX (fixed batch) and check the file.")
+        description="Export a network to MINDIR (fixed batch) or ONNX (any batch) and check "
+                    "the file.")
     add_weights_arguments(p)
     p.add_argument("--format", type=str.upper, choices=FORMATS, default="MINDIR")
-    p.add_argument("--batch", type=int, default=1, help="batch size of the exported input")
+    p.add_argument("--batch", type=int, default=1, help="batch size of a MINDIR's input (ONNX takes any)")
     p.add_argument("--image-size", "--image_size", dest="image_size", type=int,
                    help="input height and width (default: the model's evaluation size)")
     p.add_argument("--out", help="file to write (default: <model>.mindir or <model>.onnx)")
@@ -138,7 +147,7 @@ def main(argv=None):
         return fail(exc, status=1)
     pre, size = loaded.preprocess, result["input_shape"][-1]
     print(f"wrote {result['path']} ({result['format']}, {result['bytes'] / 2**20:.1f} MiB): "
-          f"{loaded.model}, input {tuple(result['input_shape'])} float32 NCHW, "
+          f"{loaded.model}, input ({', '.join(map(str, result['input_shape']))}) float32 NCHW, "
           f"{loaded.num_classes} logits")
     print(f"preprocessing: RGB, resize the short side to {math.floor(size / pre.crop_pct)} "
           f"({pre.interpolation}), centre crop {size}, "

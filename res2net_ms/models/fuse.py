@@ -126,8 +126,8 @@ class ExplicitPadPool(nn.Cell):
     def construct(self, x):
         padded = self.pad(x)
         if self.is_max:  # ONNX export lacks PadV3 (pad with a value): mark the border instead
-            inside = self.pad(ops.ones_like(x)) > 0.5
-            padded = ops.select(inside, padded, ops.full_like(padded, float("-inf")))
+            inside = self.pad(ops.ones_like(x[:1, :1])) > 0.5  # any batch: broadcast
+            padded = ops.select(inside, padded, float("-inf"))
         return self.pool(padded)
 
 
