@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast bench bench-compile clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test-fast: $(VENV)/.test
 # Ours against mindcv and PyTorch (timm) on this machine: table in the terminal, benchmarks/bench.json.
 bench: $(VENV)/.test
 	$(PY) benchmarks/bench.py
+
+# Where the first step's compile time goes, ours and mindcv side by side: benchmarks/compile_profile.json.
+bench-compile: $(VENV)/.test
+	$(PY) benchmarks/bench.py --compile-profile
 
 clean:
 	rm -rf $(VENV) data/digits ckpt/demo_digits

@@ -3,6 +3,9 @@
 ``python benchmarks/bench.py [--model res2net50_26w_4s] [--batch 16] [--size 224]
 [--precision fp32] [--rounds 3] [--out benchmarks/bench.json]``
 
+``--compile-profile`` instead splits the first step's graph compilation of ours and mindcv into
+MindSpore's compiler phases and passes (``benchmarks/compile_profile.json``).
+
 Every implementation runs in a subprocess of its own (its own runtime, its own memory), and the
 subprocesses take turns over ``--rounds`` rounds, so a busy spell of a shared machine slows all
 of them alike; compare the ratios of one run. Each subprocess measures
@@ -19,14 +22,18 @@ What runs: ours is the step ``train.py`` runs (``engine.setup.build_train_step``
 A large MatMul gives the machine's reachable GFLOP/s, to judge the effective rates.
 """
 import argparse
+import ctypes
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULT = "BENCH_RESULT "
@@ -90,26 +97,34 @@ def _recipe_args(opts):
     return resolve_model_defaults(args)
 
 
-def worker_ours(opts):
+def _ours_step(opts):
+    """The step train.py runs, built as train.py builds it, and a batch for it."""
     import mindspore as ms
 
     from res2net_ms.engine.setup import build_network, build_train_step, setup_context
-    from res2net_ms.factory import create_model
-    from res2net_ms.models.fuse import fuse_bn
 
     args = _recipe_args(opts)
     setup_context(args)
     ms.set_seed(0)
     parts = build_train_step(args, build_network(args), steps_per_epoch=1000, group_size=1)
     images, labels = (ms.Tensor(a) for a in _inputs(opts.batch, opts.size, opts.num_classes))
+    return parts, images, labels
+
+
+def worker_ours(opts):
+    from res2net_ms.factory import create_model
+    from res2net_ms.models.fuse import fuse_bn
+
+    parts, images, labels = _ours_step(opts)
     net = create_model(opts.model, num_classes=opts.num_classes)
     net.set_train(False)
     fuse_bn(net)
-    return _measure(lambda: parts.train_step(images, labels)[0].asnumpy(),
+    return _measure(lambda: parts.step(images, labels)[0].asnumpy(),
                     lambda: net(images).asnumpy(), opts)
 
 
-def worker_mindcv(opts):
+def _mindcv_step(opts):
+    """The cell mindcv's ``Model.train`` runs every step, built as its train.py builds it."""
     import mindcv
     import mindspore as ms
     from mindcv.loss import create_loss
@@ -128,13 +143,79 @@ def worker_mindcv(opts):
     model = create_trainer(network, loss, optimizer, metrics={}, amp_level=args.amp_level,
                            amp_cast_list=None, loss_scale_type=args.loss_scale_type,
                            loss_scale=args.loss_scale)
-    train_step = model._train_network  # the cell mindcv's Model.train runs every step
+    train_step = model._train_network
     train_step.set_train(True)
     images, labels = (ms.Tensor(a) for a in _inputs(opts.batch, opts.size, opts.num_classes))
+    return train_step, images, labels
+
+
+def worker_mindcv(opts):
+    import mindcv
+
+    train_step, images, labels = _mindcv_step(opts)
     infer_net = mindcv.create_model(MINDCV_NAMES[opts.model], num_classes=opts.num_classes)
     infer_net.set_train(False)
     return _measure(lambda: train_step(images, labels).asnumpy(),
                     lambda: infer_net(images).asnumpy(), opts)
+
+
+def _profile_compiles():
+    """Turn MindSpore's compile profile on (read when the first cell is built)."""
+    from mindspore._extends.parse import compile_config
+
+    compile_config.COMPILE_PROFILE = "1"
+
+
+def _profiled_compile(step, images, labels):
+    """Compile ``step``: the wall time, and the seconds of each compiler phase and pass that
+    MindSpore's compile profile prints (captured from file descriptor 1)."""
+    with tempfile.TemporaryFile(mode="w+") as log:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(log.fileno(), 1)
+        try:
+            start = time.perf_counter()
+            step.compile(images, labels)
+            seconds = time.perf_counter() - start
+        finally:
+            sys.stdout.flush()
+            ctypes.CDLL(None).fflush(None)  # the profile is printed with C's buffered stdio
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        return {"compile": seconds, **parse_compile_profile(log.read())}
+
+
+def parse_compile_profile(text):
+    """MindSpore's compile profile: top-level ``phases``, the seconds of each pass of the
+    optimizer's ``opt_a`` summed over its cycles (``passes``) and how often each substitution
+    ran (``counts``, a gauge of the graph's size)."""
+    phases, passes, counts, parent = {}, {}, {}, None
+    for line in text.splitlines():
+        if m := re.match(r"^TotalTime = ([\d.e-]+)", line):
+            phases["total"] = float(m[1])
+        elif m := re.match(r"^( *)\[([^\]]+)\]: ([\d.e-]+)", line):
+            depth, name, seconds = len(m[1]) // 4, m[2], float(m[3])
+            if depth == 0:
+                phases[name] = seconds
+            elif depth == 1:
+                parent = name
+            elif depth == 3 and parent == "opt_a":
+                passes[name] = passes.get(name, 0.0) + seconds
+        elif m := re.match(r"^ *[\d.]+% : +[\d.e-]+s : +(\d+): (\S+)$", line):
+            counts[m[2]] = int(m[1])
+    return {"phases": phases, "passes": passes, "counts": counts}
+
+
+def worker_compile_ours(opts):
+    _profile_compiles()
+    parts, images, labels = _ours_step(opts)
+    return _profiled_compile(parts.train_step, images, labels)
+
+
+def worker_compile_mindcv(opts):
+    _profile_compiles()
+    return _profiled_compile(*_mindcv_step(opts))
 
 
 def worker_torch(opts):
@@ -203,7 +284,8 @@ def worker_matmul(opts):
 
 
 WORKERS = {"ours": worker_ours, "mindcv": worker_mindcv, "torch": worker_torch,
-           "matmul": worker_matmul}
+           "matmul": worker_matmul, "compile_ours": worker_compile_ours,
+           "compile_mindcv": worker_compile_mindcv}
 
 
 # --------------------------------------------------------------------------- driver
@@ -352,6 +434,44 @@ def table(summary, rat, opts, flops):
     return "\n".join(lines)
 
 
+def compile_profile(opts):
+    """Where the first step's compile time goes: ours and mindcv compile at the same time (one
+    core each, so a slow spell of the machine slows both), ``--rounds`` times; medians of
+    MindSpore's compile profile, phase by phase and for the costliest optimizer passes."""
+    rounds = []
+    with ThreadPoolExecutor(2) as pool:
+        for r in range(opts.rounds):
+            ours, theirs = pool.map(lambda kind: run_worker(kind, opts),
+                                    ("compile_ours", "compile_mindcv"))
+            for name, res in (("ours", ours), ("mindcv", theirs)):
+                if "error" in res:
+                    raise SystemExit(f"compile profile of {name}: {res['error']}")
+            print(f"  round {r + 1}: compile ours {ours['compile']:.2f} s, "
+                  f"mindcv {theirs['compile']:.2f} s", flush=True)
+            rounds.append((ours, theirs))
+
+    def median(kind, key, i):
+        return statistics.median(r[i][kind].get(key, 0.0) if kind else r[i][key]
+                                 for r in rounds)
+
+    passes = sorted(rounds[0][0]["passes"], key=lambda k: -median("passes", k, 0))
+    rows = [("compile (wall clock)", None, "compile")]
+    rows += [(k, "phases", k) for k in ("total", "type_inference", "optimize", "task_emit")]
+    rows += [(f"  opt_a {k}", "passes", k) for k in passes][:6]
+    lines = [f"compile of the training step, {opts.model} vs mindcv "
+             f"{MINDCV_NAMES[opts.model]}, medians of {opts.rounds} concurrent rounds (s)",
+             "| phase or pass | ours | mindcv | ours / mindcv |", "| --- | ---: | ---: | ---: |"]
+    for label, kind, key in rows:
+        a, b = median(kind, key, 0), median(kind, key, 1)
+        lines.append(f"| {label} | {a:.2f} | {b:.2f} | {a / b:.2f}x |" if b else
+                     f"| {label} | {a:.2f} | - | - |")
+    for key in ("substitution.inline", "opt.transform.opt_a"):
+        a, b = (rounds[0][i]["counts"].get(key) for i in (0, 1))
+        lines.append(f"| graph size: {key} (count) | {a} | {b} | |")
+    print("\n".join(lines))
+    return {"rounds": [{"ours": o, "mindcv": m} for o, m in rounds]}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="res2net50_26w_4s")
@@ -367,12 +487,20 @@ def main(argv=None):
                    help="comma-separated subset of ours,mindcv,torch")
     p.add_argument("--timeout", type=int, default=900, help="seconds per subprocess")
     p.add_argument("--out", default=os.path.join(HERE, "bench.json"))
+    p.add_argument("--compile-profile", action="store_true",
+                   help="instead: where the first step's compile time goes, ours vs mindcv")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     opts.impls = opts.impls.split(",")
 
     if opts.worker:
         print(RESULT + json.dumps(WORKERS[opts.worker](opts)), flush=True)
+        return 0
+    if opts.compile_profile:
+        if opts.model not in MINDCV_NAMES:
+            raise SystemExit(f"mindcv has no {opts.model}: nothing to compare the compile with")
+        report = {"options": vars(opts), "versions": versions(), **compile_profile(opts)}
+        write_json(opts.out.replace("bench.json", "compile_profile.json"), report)
         return 0
 
     impls, skipped = available(opts)
@@ -418,11 +546,15 @@ def main(argv=None):
               "versions": vers, "machine": box, "skipped": skipped, "matmul": peak,
               "rounds": rounds, "summary": summary, "ratios": rat,
               "targets": {m: {"peer": t[0], "max_ratio": t[1]} for m, t in TARGETS.items()}}
+    write_json(opts.out, report)
+    return 0
+
+
+def write_json(path, report):
     from res2net_ms.fileio import write_text
 
-    write_text(opts.out, json.dumps(report, indent=1))
-    print(f"wrote {opts.out}")
-    return 0
+    write_text(path, json.dumps(report, indent=1))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

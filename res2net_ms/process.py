@@ -1,5 +1,6 @@
 """Process-level helpers of the command-line tools: launcher detection, the slow-MindSpore
 warning and a clean exit."""
+import ctypes
 import logging
 import os
 import re
@@ -7,7 +8,8 @@ import sys
 
 import mindspore as ms
 
-__all__ = ["exit_process", "fail", "launched_by_launcher", "warn_slow_mindspore"]
+__all__ = ["exit_process", "fail", "launched_by_launcher", "release_free_memory",
+           "warn_slow_mindspore"]
 
 _LAUNCHER_ENV = ("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "RANK_SIZE",
                  "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
@@ -16,6 +18,16 @@ _LAUNCHER_ENV = ("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "RANK_SIZE",
 def launched_by_launcher():
     """True when msrun, mpirun or a rank table started this process (one of several ranks)."""
     return any(os.environ.get(k) for k in _LAUNCHER_ENV)
+
+
+def release_free_memory():
+    """Hand the heap that is free but still mapped back to the system (glibc's
+    ``malloc_trim``; nothing elsewhere). After a graph compile that is about 0.1 GB that would
+    otherwise stay under the activations' peak. Returns whether anything ran."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0) >= 0)
+    except (OSError, AttributeError):
+        return False
 
 
 # MindSpore releases that run 3x3 convolutions on CPU about 90x slower than 2.8.0 (measured).

@@ -22,7 +22,7 @@ from ..config import ConfigError
 from ..data import DataError, check_imagefolder
 from ..factory import create_model
 from ..fileio import remove_stale_temporaries
-from ..process import launched_by_launcher, warn_slow_mindspore
+from ..process import launched_by_launcher, release_free_memory, warn_slow_mindspore
 from .checkpoint import (CheckpointError, load_training_state, load_weights, newest_checkpoint,
                          pretrained_file, read_checkpoint_meta, state_parameters,
                          training_checkpoints)
@@ -244,6 +244,16 @@ class TrainParts:
     ema: object
     params: list
     lr_values: np.ndarray
+    compiled: bool = False
+
+    def step(self, images, labels):
+        """One training step. The first compiles the graph, then returns the compiler's freed
+        heap to the system before the activations are allocated (lower peak memory)."""
+        if not self.compiled:
+            self.train_step.compile(images, labels)
+            release_free_memory()
+            self.compiled = True
+        return self.train_step(images, labels)
 
     def current_lr(self):
         """The learning rate of the optimizer's last step, by its own step count (skipped

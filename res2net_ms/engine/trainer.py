@@ -86,8 +86,7 @@ def _step_outputs(args, parts, data, epoch, start_step):
     if args.dataset_sink_mode and args.device_target != "CPU":
         sink = ms.data_sink(parts.train_step, data.loader(epoch, start_step), sink_size=1)
         return (sink() for _ in range(start_step, data.steps_per_epoch))
-    return (parts.train_step(images, labels)
-            for images, labels in data.batches(epoch, start_step))
+    return (parts.step(images, labels) for images, labels in data.batches(epoch, start_step))
 
 
 def _log_run(args, network, data_info, group_size, steps_per_epoch):
