@@ -21,8 +21,7 @@ from mindspore import nn
 from mindspore.dataset import vision
 from mindspore.train import mind_ir_pb2
 
-from .config import load_yaml_config
-from .config import str2bool
+from .config import load_yaml_config, str2bool
 from .convert import convert_checkpoint, load_into, read_state
 from .data import IMAGE_EXTENSIONS, build_transforms
 from .data import read_rgb as read_image
