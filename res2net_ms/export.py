@@ -62,7 +62,7 @@ def _write(network, inputs, out, fmt, metadata):
         try:
             if fmt == "ONNX":
                 onnx.export(network, ms.Tensor(inputs), file_name=tmp, input_names=["images"],
-                               output_names=["logits"], dynamic_axes={"images": {0: "batch"}})
+                            output_names=["logits"], dynamic_axes={"images": {0: "batch"}})
             else:
                 ms.export(network, ms.Tensor(inputs), file_name=tmp, file_format=fmt,
                           custom_func=store)
@@ -124,7 +124,8 @@ def build_parser():
                     "the file.")
     add_weights_arguments(p)
     p.add_argument("--format", type=str.upper, choices=FORMATS, default="MINDIR")
-    p.add_argument("--batch", type=int, default=1, help="batch size of a MINDIR's input (ONNX takes any)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="batch size of a MINDIR's input (ONNX takes any)")
     p.add_argument("--image-size", "--image_size", dest="image_size", type=int,
                    help="input height and width (default: the model's evaluation size)")
     p.add_argument("--out", help="file to write (default: <model>.mindir or <model>.onnx)")

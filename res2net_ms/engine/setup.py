@@ -7,7 +7,7 @@ import logging
 import os
 import random
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mindspore as ms
 import numpy as np
@@ -244,7 +244,7 @@ class TrainParts:
     ema: object
     params: list
     lr_values: np.ndarray
-    compiled: bool = False
+    compiled: bool = field(default=False, init=False)
 
     def step(self, images, labels):
         """One training step. The first compiles the graph, then returns the compiler's freed
