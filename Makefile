@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test test-fast bench bench-compile clean
+.PHONY: demo test test-fast bench bench-compile bench-e2e bench-restarts clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,10 @@ demo: $(VENV)/.demo
 test: $(VENV)/.test
 	$(PY) -m pytest -q --durations=15 tests
 
-# What you run while you work: everything but the training runs and msrun jobs.
+# What you run while you work: everything but the slow tests (training runs, full-zoo
+# sweeps, fuzzing), the msrun jobs and the runs of mmdetection itself.
 test-fast: $(VENV)/.test
-	$(PY) -m pytest -q --durations=15 -m "not slow and not distributed" tests
+	$(PY) -m pytest -q --durations=15 -m "not slow and not distributed and not mmdet" tests
 
 # Ours against mindcv and PyTorch (timm) on this machine: table in the terminal, benchmarks/bench.json.
 bench: $(VENV)/.test
@@ -36,6 +37,14 @@ bench: $(VENV)/.test
 # Where the first step's compile time goes, ours and mindcv side by side: benchmarks/compile_profile.json.
 bench-compile: $(VENV)/.test
 	$(PY) benchmarks/bench.py --compile-profile
+
+# Whole runs over a folder of photos, ours against mindcv and timm: benchmarks/end_to_end.json.
+bench-e2e: $(VENV)/.test
+	$(PY) benchmarks/bench.py --end-to-end
+
+# A resume after a kill and a second validate.py, with and without the compile cache.
+bench-restarts: $(VENV)/.test
+	$(PY) benchmarks/restarts.py
 
 clean:
 	rm -rf $(VENV) data/digits ckpt/demo_digits

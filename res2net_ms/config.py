@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import yaml
 
-from .fileio import write_text
+from .data import Preprocess
 from .models import get_model_config
 from .process import launched_by_launcher
 
-__all__ = ["ConfigError", "build_parser", "parse_args", "peek_option", "save_config", "str2bool",
+__all__ = ["ConfigError", "build_parser", "parse_args", "peek_option", "str2bool",
            "config_to_yaml", "load_yaml_config", "resolve_model_defaults"]
 
 
@@ -31,7 +31,9 @@ class Option:
 
     ``kind`` is one of ``int float bool str floats ints dict jitter``; ``length`` fixes the
     number of items of a list kind; ``optional`` lets the value be null (``None``), which
-    means "derive it" (usually from the model config).
+    means "derive it" (usually from the model config). ``bounds`` is the interval the value
+    (each item of a list) must lie in, as text: ``"[1, inf)"``, ``"(0, 1]"``; ``ascending``
+    asks a list to be in increasing order.
     """
 
     name: str
@@ -42,6 +44,8 @@ class Option:
     choices: tuple = None
     length: int = None
     optional: bool = False
+    bounds: str = None
+    ascending: bool = False
 
 
 _O = Option
@@ -58,7 +62,8 @@ OPTIONS = [
     _O("seed", "system", 42, "int", "seed of the weights, the data order and the augmentation"),
     _O("deterministic", "system", False, "bool",
        "deterministic kernels, one data worker: bit-exact reruns and resumes, slower"),
-    _O("log_interval", "system", 100, "int", "steps between log lines (without a progress bar)"),
+    _O("log_interval", "system", 100, "int", "steps between log lines (without a progress bar)",
+       bounds="[1, inf)"),
     _O("progress_bar", "system", "auto", "str", "auto: a bar when the output is a terminal",
        choices=("auto", "on", "off")),
     _O("dataset_sink_mode", "system", False, "bool",
@@ -76,44 +81,49 @@ OPTIONS = [
     _O("shuffle", "dataset", True, "bool", "shuffle the training data every epoch"),
     _O("num_samples", "dataset", None, "int", "train on a random subset of this size per epoch",
        optional=True),
-    _O("batch_size", "dataset", 128, "int", "images per step and per rank"),
+    _O("batch_size", "dataset", 128, "int", "images per step and per rank", bounds="[1, inf)"),
     _O("drop_remainder", "dataset", True, "bool", "drop the last incomplete training batch"),
     _O("eval_shuffle", "dataset", False, "bool", "shuffle the validation order (metrics equal)"),
     _O("aug_repeats", "dataset", 0, "int",
-       "repeated augmentation: each image this many times per epoch, spread over ranks"),
+       "repeated augmentation: each image this many times per epoch, spread over ranks",
+       bounds="[0, inf)"),
     _O("skip_bad_images", "dataset", False, "bool",
-       "replace an undecodable image by its neighbour (and count it) instead of stopping"),
+       "name and count an undecodable image instead of stopping: in training it is replaced "
+       "by its neighbour, in validation left out"),
     # Augmentation
     _O("image_resize", "augmentation", None, "int", "input size (null: the model's)",
        optional=True),
     _O("scale", "augmentation", [0.08, 1.0], "floats", "random-resized-crop area range",
-       length=2),
+       length=2, bounds="(0, inf)", ascending=True),
     _O("ratio", "augmentation", [0.75, 1.333], "floats", "random-resized-crop aspect range",
-       length=2),
-    _O("hflip", "augmentation", 0.5, "float", "horizontal flip probability"),
-    _O("vflip", "augmentation", 0.0, "float", "vertical flip probability"),
+       length=2, bounds="(0, inf)", ascending=True),
+    _O("hflip", "augmentation", 0.5, "float", "horizontal flip probability", bounds="[0, 1]"),
+    _O("vflip", "augmentation", 0.0, "float", "vertical flip probability", bounds="[0, 1]"),
     _O("interpolation", "augmentation", None, "str", "resize interpolation (null: the model's)",
        choices=("bilinear", "bicubic", "nearest", "area"), optional=True),
     _O("crop_pct", "augmentation", None, "float",
        "evaluation: resize to image_resize / crop_pct, centre-crop (null: the model's)",
-       optional=True),
+       optional=True, bounds="(0, 1]"),
     _O("color_jitter", "augmentation", None, "jitter",
        "brightness/contrast/saturation(/hue) jitter: one value or 3-4 values", optional=True),
     _O("auto_augment", "augmentation", None, "str",
        "mindcv policy, e.g. randaug-m9-mstd0.5, autoaug, trivialaugwide, augmix",
        optional=True),
-    _O("re_prob", "augmentation", 0.0, "float", "random erasing probability"),
+    _O("re_prob", "augmentation", 0.0, "float", "random erasing probability", bounds="[0, 1]"),
     _O("re_scale", "augmentation", [0.02, 0.33], "floats", "random erasing area range",
-       length=2),
+       length=2, bounds="(0, inf)", ascending=True),
     _O("re_ratio", "augmentation", [0.3, 3.3], "floats", "random erasing aspect range",
-       length=2),
+       length=2, bounds="(0, inf)", ascending=True),
     _O("re_value", "augmentation", 0, "int", "random erasing fill value"),
-    _O("re_max_attempts", "augmentation", 10, "int", "random erasing: tries to find an area"),
+    _O("re_max_attempts", "augmentation", 10, "int", "random erasing: tries to find an area",
+       bounds="[1, inf)"),
     _O("aug_splits", "augmentation", 0, "int",
-       "mindcv: 3 = clean + two auto_augment views of every image in each batch"),
-    _O("mixup", "augmentation", 0.0, "float", "mixup alpha (0: off)"),
-    _O("cutmix", "augmentation", 0.0, "float", "cutmix alpha (0: off)"),
-    _O("cutmix_prob", "augmentation", 1.0, "float", "probability of mixing a batch"),
+       "mindcv: 3 = clean + two auto_augment views of every image in each batch (mindcv's "
+       "only split count)", choices=(0, 3)),
+    _O("mixup", "augmentation", 0.0, "float", "mixup alpha (0: off)", bounds="[0, inf)"),
+    _O("cutmix", "augmentation", 0.0, "float", "cutmix alpha (0: off)", bounds="[0, inf)"),
+    _O("cutmix_prob", "augmentation", 1.0, "float", "probability of mixing a batch",
+       bounds="[0, 1]"),
     _O("mean", "augmentation", None, "floats", "per-channel mean in 0-255 (null: the model's)",
        length=3, optional=True),
     _O("std", "augmentation", None, "floats", "per-channel std in 0-255 (null: the model's)",
@@ -122,10 +132,11 @@ OPTIONS = [
     _O("model", "model", "res2net50_26w_4s", "str", "a name from res2net_ms.list_models()"),
     _O("model_kwargs", "model", {}, "dict",
        "extra create_model arguments, e.g. {layers: [1, 1, 1, 1]}"),
-    _O("num_classes", "model", 1000, "int", "classifier outputs; must match the data"),
-    _O("in_channels", "model", 3, "int", "input channels"),
-    _O("drop_rate", "model", 0.0, "float", "dropout before the classifier"),
-    _O("drop_path_rate", "model", 0.0, "float", "stochastic depth"),
+    _O("num_classes", "model", 1000, "int", "classifier outputs; must match the data",
+       bounds="[1, inf)"),
+    _O("in_channels", "model", 3, "int", "input channels", bounds="[1, inf)"),
+    _O("drop_rate", "model", 0.0, "float", "dropout before the classifier", bounds="[0, 1]"),
+    _O("drop_path_rate", "model", 0.0, "float", "stochastic depth", bounds="[0, 1]"),
     _O("frozen_stages", "model", -1, "int", "freeze the stem and stages 1..k (-1: none)"),
     _O("norm_eval", "model", False, "bool", "keep every BatchNorm in inference mode"),
     _O("pretrained", "model", False, "bool", "start from the model's official weights"),
@@ -141,23 +152,26 @@ OPTIONS = [
        "mindcv: with ckpt_path, continue that training checkpoint (as --resume)"),
     _O("overwrite", "model", False, "bool",
        "start afresh in a ckpt_save_dir that holds another run (its files are deleted)"),
-    _O("epoch_size", "model", 90, "int", "training epochs"),
+    _O("epoch_size", "model", 90, "int", "training epochs", bounds="[1, inf)"),
     _O("ckpt_save_dir", "model", "./ckpt", "str",
        "checkpoints, metrics.jsonl, train.log and the resolved config"),
-    _O("ckpt_save_interval", "model", 1, "int", "also keep a numbered checkpoint every N epochs"),
-    _O("keep_checkpoint_max", "model", 10, "int", "numbered checkpoints kept"),
+    _O("ckpt_save_interval", "model", 1, "int", "also keep a numbered checkpoint every N epochs",
+       bounds="[1, inf)"),
+    _O("keep_checkpoint_max", "model", 10, "int", "numbered checkpoints kept", bounds="[1, inf)"),
     _O("ckpt_save_policy", "model", "latest_k", "str",
        "which numbered checkpoints are kept: the latest, or the best by validation top-1",
        choices=("latest_k", "top_k"), optional=True),
     _O("ckpt_save_steps", "model", 0, "int",
-       "also write last.ckpt every N steps inside an epoch (0: at epoch ends only)"),
+       "also write last.ckpt every N steps inside an epoch (0: at epoch ends only)",
+       bounds="[0, inf)"),
     _O("max_nonfinite_steps", "model", 5, "int",
-       "without a dynamic loss scale: stop after this many non-finite losses in a row"),
+       "without a dynamic loss scale: stop after this many non-finite losses in a row",
+       bounds="[1, inf)"),
     _O("val_while_train", "model", False, "bool", "validate during training (needed for best)"),
-    _O("val_interval", "model", 1, "int", "epochs between validations"),
+    _O("val_interval", "model", 1, "int", "epochs between validations", bounds="[1, inf)"),
     # Loss
     _O("loss", "loss", "CE", "str", "mindcv loss name", choices=("CE", "BCE")),
-    _O("label_smoothing", "loss", 0.0, "float", "label smoothing"),
+    _O("label_smoothing", "loss", 0.0, "float", "label smoothing", bounds="[0, 1]"),
     _O("reduction", "loss", "mean", "str", "loss reduction over the batch",
        choices=("mean", "sum")),
     _O("aux_factor", "loss", 0.0, "float",
@@ -176,17 +190,18 @@ OPTIONS = [
     _O("clip_value", "optimizer", 15.0, "float", "global-norm limit"),
     _O("eps", "optimizer", 1e-10, "float", "adaptive optimizers: term added to the denominator"),
     _O("layer_decay", "optimizer", None, "float",
-       "layer-wise learning-rate decay: stage k of n gets lr * decay^(n-k)", optional=True),
+       "layer-wise learning-rate decay: stage k of n gets lr * decay^(n-k)", optional=True,
+       bounds="(0, 1]"),
     _O("gradient_accumulation_steps", "optimizer", 1, "int",
-       "average the gradients of N batches per update"),
+       "average the gradients of N batches per update", bounds="[1, inf)"),
     # Scheduler
     _O("scheduler", "scheduler", "cosine_decay", "str", "mindcv learning-rate schedule",
        choices=("constant", "cosine_decay", "warmup_cosine_decay", "step_decay",
                 "multi_step_decay", "exponential_decay", "polynomial_decay", "one_cycle",
                 "cyclic")),
-    _O("lr", "scheduler", 0.1, "float", "peak learning rate"),
+    _O("lr", "scheduler", 0.1, "float", "peak learning rate", bounds="(0, inf)"),
     _O("min_lr", "scheduler", 1e-6, "float", "final learning rate of cosine decay"),
-    _O("warmup_epochs", "scheduler", 3, "int", "linear warm-up epochs"),
+    _O("warmup_epochs", "scheduler", 3, "int", "linear warm-up epochs", bounds="[0, inf)"),
     _O("warmup_factor", "scheduler", 0.0, "float", "warm-up starts at lr * warmup_factor"),
     _O("decay_epochs", "scheduler", None, "int",
        "cosine: decay length; step: epochs per step (null: epoch_size - warmup_epochs)",
@@ -195,16 +210,17 @@ OPTIONS = [
     _O("multi_step_decay_milestones", "scheduler", [30, 60, 90], "ints",
        "epochs of multi-step decay"),
     _O("lr_epoch_stair", "scheduler", False, "bool", "change the learning rate once per epoch"),
-    _O("num_cycles", "scheduler", 1, "int", "cosine cycles"),
+    _O("num_cycles", "scheduler", 1, "int", "cosine cycles", bounds="[1, inf)"),
     _O("cycle_decay", "scheduler", 1.0, "float", "peak decay per cosine cycle"),
     # AMP
     _O("amp_level", "amp", "auto", "str", "mixed precision (auto: O0 on CPU, O2 elsewhere)",
        choices=("auto", "O0", "O1", "O2", "O3")),
-    _O("loss_scale", "amp", 1.0, "float", "(initial) loss scale"),
+    _O("loss_scale", "amp", 1.0, "float", "(initial) loss scale", bounds="(0, inf)"),
     _O("loss_scale_type", "amp", "fixed", "str", "fixed or dynamic loss scale",
        choices=("fixed", "dynamic")),
     _O("loss_scale_factor", "amp", 2.0, "float", "dynamic loss scale: change factor"),
-    _O("scale_window", "amp", 2000, "int", "dynamic loss scale: good steps before growing"),
+    _O("scale_window", "amp", 2000, "int", "dynamic loss scale: good steps before growing",
+       bounds="[1, inf)"),
     _O("drop_overflow_update", "amp", False, "bool",
        "fixed loss scale: skip steps whose gradients overflow (dynamic always skips)"),
     _O("amp_cast_list", "amp", None, "str",
@@ -391,51 +407,43 @@ def _read_config_file(path):
         return load_yaml_config(f.read(), path)
 
 
+def _in_bounds(value, bounds):
+    low, high = (float(v) for v in bounds[1:-1].split(","))
+    return ((value > low if bounds[0] == "(" else value >= low)
+            and (value < high if bounds[-1] == ")" else value <= high))
+
+
+def _bounds_text(bounds):
+    low, high = (v.strip() for v in bounds[1:-1].split(","))
+    if high == "inf":
+        return f"at least {low}" if bounds[0] == "[" else f"greater than {low}"
+    return f"in {bounds}"
+
+
 def _check_semantics(args):
-    """Checks across options, or of ranges, that no single type check can make."""
+    """The ranges of the ``OPTIONS`` table, then the checks across options."""
     try:
         get_model_config(args.model)
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from None
-    positive = ("batch_size", "epoch_size", "num_classes", "in_channels", "log_interval",
-                "val_interval", "ckpt_save_interval", "keep_checkpoint_max", "num_cycles",
-                "scale_window", "max_nonfinite_steps", "gradient_accumulation_steps",
-                "re_max_attempts")
-    for name in positive:
-        if getattr(args, name) < 1:
-            raise ConfigError(f"{name} must be at least 1, got {getattr(args, name)}")
-    for name in ("hflip", "vflip", "re_prob", "cutmix_prob", "label_smoothing", "drop_rate",
-                 "drop_path_rate"):
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            raise ConfigError(f"{name} must be in [0, 1], got {getattr(args, name)}")
-    for name in ("scale", "ratio", "re_scale", "re_ratio"):
-        low, high = getattr(args, name)
-        if not 0 < low <= high:
-            raise ConfigError(f"{name} must be [low, high] with 0 < low <= high, "
-                              f"got {getattr(args, name)}")
-    if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
-        raise ConfigError(f"crop_pct must be in (0, 1], got {args.crop_pct}")
-    if args.lr <= 0 or args.loss_scale <= 0:
-        raise ConfigError("lr and loss_scale must be positive")
-    if args.mixup < 0 or args.cutmix < 0:
-        raise ConfigError("mixup and cutmix are alphas and must be >= 0")
     if isinstance(args.color_jitter, list) and len(args.color_jitter) == 1:
         args.color_jitter = args.color_jitter[0]
     if isinstance(args.color_jitter, list) and len(args.color_jitter) not in (3, 4):
         raise ConfigError("color_jitter takes one value or 3-4 values")
+    for opt in OPTIONS:
+        value = getattr(args, opt.name)
+        items = value if isinstance(value, list) else [value]
+        if opt.bounds and value is not None and not all(_in_bounds(v, opt.bounds)
+                                                        for v in items):
+            raise ConfigError(f"{opt.name} must be {_bounds_text(opt.bounds)}"
+                              f"{' (each value)' if isinstance(value, list) else ''}, "
+                              f"got {value}")
+        if opt.ascending and items != sorted(items):
+            raise ConfigError(f"{opt.name} must be [low, high] with low <= high, got {value}")
     if args.ema and not 0 < args.ema_decay < 1:
         raise ConfigError(f"ema_decay must be in (0, 1), got {args.ema_decay}")
-    if args.warmup_epochs < 0:
-        raise ConfigError(f"warmup_epochs must be >= 0, got {args.warmup_epochs}")
-    if args.ckpt_save_steps < 0 or args.aug_repeats < 0:
-        raise ConfigError("ckpt_save_steps and aug_repeats must be >= 0")
-    if args.aug_splits not in (0, 3):
-        raise ConfigError(f"aug_splits must be 0 or 3 (mindcv's only split count), got "
-                          f"{args.aug_splits}")
     if args.aug_splits and not args.auto_augment:
         raise ConfigError("aug_splits needs an auto_augment policy for its two augmented views")
-    if args.layer_decay is not None and not 0 < args.layer_decay <= 1:
-        raise ConfigError(f"layer_decay must be in (0, 1], got {args.layer_decay}")
     if args.ckpt_save_policy == "top_k" and not args.val_while_train:
         raise ConfigError("ckpt_save_policy top_k keeps the best checkpoints by validation "
                           "top-1: set val_while_train: true, or use latest_k")
@@ -472,25 +480,22 @@ def parse_args(argv=None, stored_config=None, prog=None, description=None):
 
 
 def resolve_model_defaults(args):
-    """Fill the options left null from the model's config (input size, crop, mean, std)."""
-    cfg = get_model_config(args.model)
-    if args.image_resize is None:
-        args.image_resize = int(cfg.input_size[-1])
-    if args.crop_pct is None:
-        args.crop_pct = float(cfg.crop_pct)
-    if args.interpolation is None:
-        args.interpolation = cfg.interpolation
-    if args.mean is None:
-        args.mean = [round(m * 255, 4) for m in cfg.mean]
-    if args.std is None:
-        args.std = [round(s * 255, 4) for s in cfg.std]
+    """Fill the options left null from the model's config: the input (size, crop,
+    interpolation, mean/std, as :meth:`~res2net_ms.data.Preprocess.of_model` derives them)
+    and the length of the decay."""
+    pre = Preprocess.of_model(args.model, args.image_resize, args.crop_pct, args.interpolation,
+                              args.mean, args.std)
+    args.image_resize, args.crop_pct, args.interpolation = (pre.image_size, pre.crop_pct,
+                                                            pre.interpolation)
+    args.mean, args.std = list(pre.mean), list(pre.std)
     if args.decay_epochs is None:
         args.decay_epochs = max(1, args.epoch_size - args.warmup_epochs)
     return args
 
 
 def config_to_yaml(args):
-    """The options of ``args`` as YAML, grouped like ``--help``, run invocations left out."""
+    """The options of ``args`` as YAML (a valid ``--config``), grouped like ``--help``, run
+    invocations left out."""
     values = vars(args)
     lines = []
     for group in GROUPS:
@@ -518,8 +523,3 @@ def _plain(value):
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def save_config(args, path):
-    """Write the resolved options as YAML (atomically); the file is a valid ``--config``."""
-    return write_text(path, config_to_yaml(args))

@@ -3,6 +3,10 @@
 Runs ``train.py`` and ``validate.py`` as a user would, from the repository root, and prints the
 validation top-1 of the best checkpoint as the last line (``top-1: XX.XX%``). Extra arguments
 go to ``train.py`` (e.g. ``--epoch_size 3``). Exit status 1 if the top-1 is under 97%.
+
+The demo owns its ``--ckpt_save_dir``: run again, it trains from scratch and replaces the
+previous demo run (``train.py --overwrite True``), because a demo shows a whole training and
+resuming a finished run would train nothing. ``--resume auto`` continues it instead.
 """
 import argparse
 import os
@@ -40,7 +44,8 @@ def main(argv=None):
         write_digits_imagefolder(data_dir, val_fraction=0.2, seed=0, size=32)
     train_start = time.perf_counter()
     code, _ = _run([sys.executable, "train.py", "--config", args.config, "--data_dir",
-                    args.data_dir, "--ckpt_save_dir", args.ckpt_save_dir, *train_args])
+                    args.data_dir, "--ckpt_save_dir", args.ckpt_save_dir, "--overwrite", "True",
+                    *train_args])
     if code != 0:
         print(f"demo: train.py failed (exit {code})", file=sys.stderr)
         return code

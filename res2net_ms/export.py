@@ -19,14 +19,16 @@ import argparse
 import json
 import math
 import os
+from typing import Optional
 
 import mindspore as ms
 import numpy as np
 from mindspore import nn, onnx
 
+from .compile_cache import compile_cell
 from .fileio import atomic_write
-from .inference import (MINDIR_KEY, InputError, add_weights_arguments, load_model,
-                        set_mode)
+from .inference import (MINDIR_KEY, InputError, LoadedModel, add_weights_arguments,
+                        load_model, set_mode)
 from .models.fuse import export_form
 from .process import exit_process, fail
 
@@ -53,30 +55,42 @@ def run_exported(path, fmt, inputs):
     return session.run(None, {session.get_inputs()[0].name: inputs})[0]
 
 
-def _write(network, inputs, out, fmt, metadata):
+def _write(network, inputs, path, fmt, metadata):
     def store(proto):
         entry = proto.user_info.add()
         entry.key, entry.value = MINDIR_KEY, json.dumps(metadata)
 
-    def write(tmp):
-        try:
-            if fmt == "ONNX":
-                onnx.export(network, ms.Tensor(inputs), file_name=tmp, input_names=["images"],
-                            output_names=["logits"], dynamic_axes={"images": {0: "batch"}})
-            else:
-                ms.export(network, ms.Tensor(inputs), file_name=tmp, file_format=fmt,
-                          custom_func=store)
-        except (RuntimeError, TypeError, ValueError) as exc:
-            first = next((line for line in str(exc).splitlines() if line.strip()), str(exc))
-            raise ExportError(f"cannot export to {fmt}: {first.strip()}") from None
-
-    # The temporary name ends with the format's suffix, or MindSpore would append one.
-    return atomic_write(out, write, suffix="." + fmt.lower())
+    try:
+        if fmt == "ONNX":
+            onnx.export(network, ms.Tensor(inputs), file_name=path, input_names=["images"],
+                        output_names=["logits"], dynamic_axes={"images": {0: "batch"}})
+        else:
+            ms.export(network, ms.Tensor(inputs), file_name=path, file_format=fmt,
+                      custom_func=store)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), str(exc))
+        raise ExportError(f"cannot export to {fmt}: {first.strip()}") from None
 
 
-def export(loaded, out, fmt="MINDIR", batch=1, image_size=None, seed=0):
+def _largest_difference(path, fmt, checks, expected):
+    """max |file - network| / max |network| over the check batches; None if nothing here
+    runs the file."""
+    diff = None
+    for x, want in zip(checks, expected):
+        got = run_exported(path, fmt, x)
+        if got is None:
+            return None
+        diff = max(diff or 0.0, float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12)))
+    return diff
+
+
+def export(loaded: LoadedModel, out: str, fmt: str = "MINDIR", batch: int = 1,
+           image_size: Optional[int] = None, seed: int = 0) -> dict:
     """Write ``loaded`` (from :func:`~res2net_ms.inference.load_model`) to ``out`` and check it.
 
+    ``out`` gains the format's suffix when it lacks it, as ``mindspore.export`` names its
+    files (``mindspore.load`` reads only ``.mindir`` files). The file is checked before it takes
+    its name: on any failure nothing is left at ``out`` (a file already there stays as it was).
     The network of ``loaded`` is turned into its export form (in place). Returns
     ``{"path", "format", "input_shape", "bytes", "max_rel_diff"}``; ``max_rel_diff`` is None when
     nothing can run the file here (ONNX without onnxruntime). Raises :class:`ExportError`
@@ -93,28 +107,36 @@ def export(loaded, out, fmt="MINDIR", batch=1, image_size=None, seed=0):
     size = image_size or loaded.preprocess.image_size
     if size < 32:
         raise InputError(f"image size {size} is too small: the networks downsample by 32")
+    suffix = "." + fmt.lower()
+    out = os.fspath(out)
+    out = out if out.endswith(suffix) else out + suffix
     inputs = np.random.RandomState(seed).randn(batch, 3, size, size).astype(np.float32)
     # An ONNX file is also checked on another batch size, its batch axis being dynamic.
     checks = [inputs] + ([inputs[:1].repeat(batch + 2, axis=0) * 0.5] if fmt == "ONNX" else [])
     network = loaded.network
     network.set_train(False)
+    compile_cell(network, ms.Tensor(inputs), what="network to export")
     expected = [network(ms.Tensor(x)).asnumpy() for x in checks]
     export_form(network)
     metadata = loaded.metadata()
     metadata["preprocess"]["image_size"] = size
-    path = _write(network, inputs, out, fmt, metadata)
-    diff = None
-    for x, want in zip(checks, expected):
-        got = run_exported(path, fmt, x)
-        if got is None:
-            break
-        diff = max(diff or 0.0, float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12)))
-        if not diff <= TOLERANCE[fmt]:
-            raise ExportError(f"{path} computes other logits than the network: max |delta| is "
-                              f"{diff:.2e} of the largest logit (tolerance {TOLERANCE[fmt]:g})")
+    checked = {}
+
+    def write_and_check(tmp):
+        compile_cell(network, ms.Tensor(inputs), what=f"{fmt} export",
+                     phase=f"export.{fmt.lower()}",
+                     call=lambda: _write(network, inputs, tmp, fmt, metadata))
+        diff = checked["diff"] = _largest_difference(tmp, fmt, checks, expected)
+        if diff is not None and not diff <= TOLERANCE[fmt]:
+            raise ExportError(f"the {fmt} file computes other logits than the network: max "
+                              f"|delta| is {diff:.2e} of the largest logit (tolerance "
+                              f"{TOLERANCE[fmt]:g}); nothing written to {out}")
+
+    # The temporary name ends with the suffix, or MindSpore would append one.
+    path = atomic_write(out, write_and_check, suffix=suffix)
     shape = ["N" if fmt == "ONNX" else batch, 3, size, size]
     return {"path": path, "format": fmt, "input_shape": shape,
-            "bytes": os.path.getsize(path), "max_rel_diff": diff}
+            "bytes": os.path.getsize(path), "max_rel_diff": checked["diff"]}
 
 
 def build_parser():
@@ -128,7 +150,8 @@ def build_parser():
                    help="batch size of a MINDIR's input (ONNX takes any)")
     p.add_argument("--image-size", "--image_size", dest="image_size", type=int,
                    help="input height and width (default: the model's evaluation size)")
-    p.add_argument("--out", help="file to write (default: <model>.mindir or <model>.onnx)")
+    p.add_argument("--out", help="file to write (default: <model>.mindir or <model>.onnx; "
+                                 "the format's suffix is added when missing)")
     return p
 
 

@@ -4,6 +4,11 @@ This sits above the zoo (:mod:`res2net_ms.models`), the converter
 (:mod:`res2net_ms.convert`) and the pretrained-weights cache (:mod:`res2net_ms.hub`), as timm's
 ``_builder.py`` beside its ``_registry.py`` and ``_hub.py``.
 """
+import os
+from typing import Mapping, Optional, Sequence, Union
+
+from mindspore import nn
+
 from .convert import load_into, network_args, read_state
 from .hub import pretrained_path
 from .models import build_network, get_model_config
@@ -11,9 +16,13 @@ from .models import build_network, get_model_config
 __all__ = ["create_model"]
 
 
-def create_model(name, num_classes=1000, in_channels=3, drop_rate=0.0, drop_path_rate=0.0,
-                 checkpoint_path=None, features_only=False, out_indices=None, frozen_stages=-1,
-                 norm_eval=False, output_stride=32, pretrained=False, cache_dir=None, **kwargs):
+def create_model(name: str, num_classes: int = 1000, in_channels: int = 3,
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 checkpoint_path: Union[str, os.PathLike, Mapping, None] = None,
+                 features_only: bool = False, out_indices: Optional[Sequence[int]] = None,
+                 frozen_stages: int = -1, norm_eval: bool = False, output_stride: int = 32,
+                 pretrained: bool = False, cache_dir: Optional[str] = None,
+                 **kwargs) -> nn.Cell:
     """Build a zoo model by name.
 
     Args:
@@ -23,7 +32,8 @@ def create_model(name, num_classes=1000, in_channels=3, drop_rate=0.0, drop_path
         drop_rate: dropout before the classifier.
         drop_path_rate: stochastic depth over the blocks (really applied).
         checkpoint_path: weights to load: a MindSpore ``.ckpt`` or any PyTorch/safetensors file
-            the converter reads. A classifier of another size is left out and re-initialised.
+            the converter reads (or the tensors it read from one). A classifier of another
+            size is left out and re-initialised.
         features_only: return stage feature maps instead of logits.
         out_indices: stages returned with ``features_only`` (default: every stage after the
             stem: 1..4 for ResNet layouts at strides 4-32, 0..5 for DLA levels).

@@ -9,27 +9,23 @@ preprocessing and class names, and the images to run it on.
 * an exported ``.mindir`` (:mod:`res2net_ms.export`) carries what its export knew.
 """
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from importlib import resources
-from types import SimpleNamespace
 
 import mindspore as ms
-import numpy as np
 from mindspore import nn
-from mindspore.dataset import vision
 from mindspore.train import mind_ir_pb2
 
 from .config import load_yaml_config, str2bool
 from .convert import convert_checkpoint, load_into, read_state
-from .data import IMAGE_EXTENSIONS, build_transforms
+from .data import IMAGE_EXTENSIONS, Preprocess
 from .data import read_rgb as read_image
-from .engine.checkpoint import read_checkpoint_meta
 from .factory import create_model
 from .hub import pretrained_path
 from .models import get_model_config
 from .process import warn_slow_mindspore
+from .run_state import read_run_state
 
 __all__ = ["InputError", "LoadedModel", "Preprocess", "add_weights_arguments",
            "find_images", "imagenet_classes", "load_model", "read_image", "set_mode",
@@ -44,49 +40,13 @@ class InputError(ValueError):
 
 
 @dataclass
-class Preprocess:
-    """Evaluation preprocessing: resize the short side to ``image_size / crop_pct``, centre
-    crop ``image_size``, normalise with ``mean``/``std`` (0-255 scale), as validation does."""
-
-    image_size: int
-    crop_pct: float
-    mean: tuple
-    std: tuple
-    interpolation: str = "bilinear"
-
-    @classmethod
-    def of_model(cls, cfg, image_size=None):
-        return cls(int(image_size or cfg.input_size[-1]), float(cfg.crop_pct),
-                   tuple(round(m * 255, 4) for m in cfg.mean),
-                   tuple(round(s * 255, 4) for s in cfg.std), cfg.interpolation)
-
-    def transforms(self):
-        """validate.py's transforms without the decoder: images are decoded with Pillow,
-        which names the file it fails on and gives the same pixels for JPEG and PNG."""
-        args = SimpleNamespace(image_resize=self.image_size, crop_pct=self.crop_pct,
-                               interpolation=self.interpolation, mean=list(self.mean),
-                               std=list(self.std))
-        return [t for t in build_transforms(args, is_training=False)
-                if not isinstance(t, vision.Decode)]
-
-    def __call__(self, image):
-        """A PIL RGB image as the network's (3, image_size, image_size) float32 input."""
-        array = np.asarray(image, dtype=np.uint8)
-        for transform in self.transforms():
-            array = transform(array)
-        return np.ascontiguousarray(array, dtype=np.float32)
-
-    def crop_box(self, width, height):
-        """``(left, top, right, bottom)`` of the original image that the crop shows."""
-        scale = math.floor(self.image_size / self.crop_pct) / min(width, height)
-        side = self.image_size / scale
-        left, top = (width - side) / 2, (height - side) / 2
-        return left, top, left + side, top + side
-
-
-@dataclass
 class LoadedModel:
-    """A network ready for inference, with what is needed to feed it and name its outputs."""
+    """A network ready for inference, with what is needed to feed it and name its outputs.
+
+    ``labels`` are the class names (as loaded: those the file stores, or None, until
+    :func:`load_model` settles them); ``labels_given`` says whether they are the user's or the
+    file's own names rather than defaults; ``fixed_batch`` is an exported file's batch size.
+    """
 
     network: nn.Cell
     model: str
@@ -131,33 +91,28 @@ def _default_labels(num_classes, stored=None):
     return [str(i) for i in range(num_classes)], False
 
 
-def _from_training_checkpoint(path, meta, model, ema):
-    """Network and preprocessing as the run that wrote ``path`` was configured; its EMA
-    weights when it has them (what its validation used), unless ``ema`` is False."""
-    config = load_yaml_config(meta["config"], f"{path} (stored config)", lenient=True)
-    name = get_model_config(config.get("model") or meta.get("model")).name
+def _from_training_checkpoint(path, state, model, ema):
+    """The network and preprocessing of the run that wrote ``path``, with its EMA weights when
+    it has them (what its validation used), unless ``ema`` is False."""
+    config = load_yaml_config(state.config, f"{path} (stored config)", lenient=True)
+    name = get_model_config(config.get("model") or state.model).name
     if model and get_model_config(model).name != name:
         raise InputError(f"{path} was trained as {name}, not {model}: leave --model out or "
                          f"pass {name}")
     if config.get("in_channels", 3) != 3:
         raise InputError(f"{path} was trained on {config['in_channels']}-channel input: these "
                          f"tools read RGB images")
+    if ema and not state.has_ema:
+        raise InputError(f"{path} holds no EMA weights: leave --ema out")
     kwargs = dict(config.get("model_kwargs") or {})
     num_classes = int(config["num_classes"])
-    has_ema = bool(meta.get("has_ema"))
-    if ema and not has_ema:
-        raise InputError(f"{path} holds no EMA weights: leave --ema out")
     network = create_model(name, num_classes=num_classes, **kwargs)
-    load_into(network, path, model_name=name, use_ema=has_ema if ema is None else ema)
-    cfg = get_model_config(name)
-    defaults = Preprocess.of_model(cfg)
-    preprocess = Preprocess(
-        int(config.get("image_resize") or defaults.image_size),
-        float(config.get("crop_pct") or defaults.crop_pct),
-        tuple(config.get("mean") or defaults.mean), tuple(config.get("std") or defaults.std),
-        config.get("interpolation") or defaults.interpolation)
-    classes = json.loads(meta["classes"]) if meta.get("classes") else None
-    return network, name, num_classes, preprocess, classes, kwargs
+    load_into(network, path, model_name=name, use_ema=state.has_ema if ema is None else ema)
+    preprocess = Preprocess.of_model(name, config.get("image_resize"), config.get("crop_pct"),
+                                     config.get("interpolation"), config.get("mean"),
+                                     config.get("std"))
+    return LoadedModel(network, name, num_classes, preprocess, state.classes or None, path,
+                       model_kwargs=kwargs)
 
 
 def _from_weights_file(path, model):
@@ -174,7 +129,7 @@ def _from_weights_file(path, model):
                          f"need one; fine-tune it first")
     num_classes = int(head.shape[0])
     network = create_model(cfg.name, num_classes=num_classes, checkpoint_path=state)
-    return network, cfg.name, num_classes
+    return LoadedModel(network, cfg.name, num_classes, Preprocess.of_model(cfg), None, path)
 
 
 def _mindir_info(path):
@@ -202,11 +157,37 @@ def _from_mindir(path, model):
     stored = info.get("preprocess")
     preprocess = (Preprocess(**{**stored, "mean": tuple(stored["mean"]),
                                 "std": tuple(stored["std"])}) if stored
-                  else Preprocess.of_model(get_model_config(name), image_size=dims[-1]))
-    network = nn.GraphCell(ms.load(path))
-    num_classes = int(info.get("num_classes") or out_dims[-1])
-    return network, get_model_config(name).name, num_classes, preprocess, \
-        info.get("labels"), int(dims[0]), info.get("model_kwargs") or {}
+                  else Preprocess.of_model(name, image_size=dims[-1]))
+    return LoadedModel(nn.GraphCell(ms.load(path)), get_model_config(name).name,
+                       int(info.get("num_classes") or out_dims[-1]), preprocess,
+                       info.get("labels"), path, fixed_batch=int(dims[0]),
+                       model_kwargs=info.get("model_kwargs") or {})
+
+
+def _from_pretrained(model, cache_dir):
+    if not model:
+        raise InputError("--model is required with --pretrained")
+    name = get_model_config(model).name
+    source = pretrained_path(name, cache_dir)
+    return LoadedModel(create_model(name, checkpoint_path=source), name, 1000,
+                       Preprocess.of_model(name), None, source)
+
+
+def _load(model, ckpt_path, pretrained, cache_dir, ema):
+    """The :class:`LoadedModel` the file (or the official weights) describes."""
+    if not ckpt_path:
+        if pretrained:
+            return _from_pretrained(model, cache_dir)
+        raise InputError("no weights: pass --ckpt_path FILE or --pretrained True")
+    path = os.fspath(ckpt_path)
+    if not os.path.isfile(path):
+        raise InputError(f"checkpoint {path} does not exist")
+    if path.lower().endswith(".mindir"):
+        return _from_mindir(path, model)
+    state = read_run_state(path)
+    if state is not None and state.config:
+        return _from_training_checkpoint(path, state, model, ema)
+    return _from_weights_file(path, model)
 
 
 def load_model(model=None, ckpt_path=None, pretrained=False, cache_dir=None, labels=None,
@@ -225,38 +206,13 @@ def load_model(model=None, ckpt_path=None, pretrained=False, cache_dir=None, lab
 
     Raises :class:`InputError` (or the converter's ``ValueError``) with one line.
     """
-    stored, fixed_batch, kwargs = None, None, {}
-    if ckpt_path:
-        path = os.fspath(ckpt_path)
-        if not os.path.isfile(path):
-            raise InputError(f"checkpoint {path} does not exist")
-        meta = read_checkpoint_meta(path)
-        if path.lower().endswith(".mindir"):
-            network, name, num_classes, preprocess, stored, fixed_batch, kwargs = \
-                _from_mindir(path, model)
-        elif meta is not None and meta.get("config"):
-            network, name, num_classes, preprocess, stored, kwargs = \
-                _from_training_checkpoint(path, meta, model, ema)
-        else:
-            network, name, num_classes = _from_weights_file(path, model)
-            preprocess = Preprocess.of_model(get_model_config(name))
-        source = path
-    elif pretrained:
-        if not model:
-            raise InputError("--model is required with --pretrained")
-        name = get_model_config(model).name
-        source = pretrained_path(name, cache_dir)
-        network = create_model(name, checkpoint_path=source)
-        num_classes, preprocess = 1000, Preprocess.of_model(get_model_config(name))
-    else:
-        raise InputError("no weights: pass --ckpt_path FILE or --pretrained True")
-    network.set_train(False)
+    loaded = _load(model, ckpt_path, pretrained, cache_dir, ema)
+    loaded.network.set_train(False)
     if labels:
-        names, given = _read_labels(labels, num_classes), True
+        loaded.labels, loaded.labels_given = _read_labels(labels, loaded.num_classes), True
     else:
-        names, given = _default_labels(num_classes, stored)
-    return LoadedModel(network, name, num_classes, preprocess, names, source, given,
-                       fixed_batch, kwargs)
+        loaded.labels, loaded.labels_given = _default_labels(loaded.num_classes, loaded.labels)
+    return loaded
 
 
 def add_weights_arguments(parser, mindir=False):

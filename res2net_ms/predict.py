@@ -8,11 +8,14 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
+from typing import Optional, Sequence, Union
 
 import mindspore as ms
 import numpy as np
 
+from .compile_cache import compile_cell
 from .inference import (InputError, LoadedModel, add_weights_arguments, find_images,
                         load_model, read_image, set_mode)
 from .process import exit_process, fail
@@ -39,7 +42,10 @@ def classify(loaded, paths, topk=5, batch_size=8):
         chunk = paths[start:start + batch]
         arrays = [loaded.preprocess(read_image(p)) for p in chunk]
         arrays += [np.zeros_like(arrays[0])] * (batch - len(arrays))
-        logits = loaded.network(ms.Tensor(np.stack(arrays))).asnumpy()[:len(chunk)]
+        images = ms.Tensor(np.stack(arrays))
+        if not start:
+            compile_cell(loaded.network, images, what="inference")
+        logits = loaded.network(images).asnumpy()[:len(chunk)]
         probs = _softmax(logits)
         for path, p in zip(chunk, probs):
             order = np.argsort(-p, kind="stable")[:topk]
@@ -49,8 +55,11 @@ def classify(loaded, paths, topk=5, batch_size=8):
     return results
 
 
-def predict(inputs, model=None, ckpt_path=None, pretrained=False, topk=5, labels=None,
-            batch_size=8, cache_dir=None, ema=None):
+def predict(inputs: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
+            model: Union[str, LoadedModel, None] = None,
+            ckpt_path: Optional[Union[str, os.PathLike]] = None, pretrained: bool = False,
+            topk: int = 5, labels: Optional[str] = None, batch_size: int = 8,
+            cache_dir: Optional[str] = None, ema: Optional[bool] = None) -> list[dict]:
     """Top-``topk`` classes with probabilities for every image of ``inputs``.
 
     Args:

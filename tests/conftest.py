@@ -1,11 +1,17 @@
 """Shared fixtures and helpers: execution modes, the digits data, training arguments.
 
-Markers (registered in pyproject.toml): ``slow`` (real training runs, minutes), ``distributed``
-(msrun jobs), ``torch`` (needs PyTorch/timm references). ``make test-fast`` leaves out the
-slow and distributed ones.
+Markers (registered in pyproject.toml): ``slow`` (training runs, full-zoo sweeps, fuzzing,
+waits on other processes), ``distributed`` (msrun jobs), ``mmdet`` (runs mmdetection itself),
+``torch`` (needs PyTorch/timm references). ``make test-fast`` leaves out the slow, distributed
+and mmdet ones.
+
+Costly things are made once per session and shared: the digits folder, the ``trained`` run
+(training, CAM and predict tests) and the ``small_detector``.
 """
 import json
 import os
+import shutil
+import tempfile
 
 import mindspore as ms
 import numpy as np
@@ -18,6 +24,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, "configs", "demo", "digits_cpu.yaml")
 # One block per stage and no progress output: the demo's network, fast enough for tests.
 LIGHT = ["--model_kwargs", "{layers: [1, 1, 1, 1]}", "--progress_bar", "off"]
+
+
+def pytest_configure(config):
+    """Each test session gets its own cache folder (``$R2N_CACHE_DIR``: the compile cache's
+    graphs), empty at the start and shared by the processes the tests start: graphs compiled
+    by one test are reused by the next within the session, and nothing comes from another
+    run or checkout."""
+    folder = tempfile.mkdtemp(prefix="res2net_ms-test-cache-")
+    config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+    os.environ["R2N_CACHE_DIR"] = folder
 
 
 def run_args(digits_dir, save_dir, *extra, base="resume"):
@@ -65,6 +81,25 @@ def digits_dir(tmp_path_factory):
     return write_digits_imagefolder(str(tmp_path_factory.mktemp("data") / "digits"), size=32)
 
 
+# conftest's ``trained`` run; deterministic, so that a resume from its epoch-2 checkpoint
+# must end bit for bit where it ended.
+TRAINED = ["--epoch_size", "3", "--ema", "True", "--keep_checkpoint_max", "2",
+           "--deterministic", "True"]
+
+
+@pytest.fixture(scope="session")
+def trained(digits_dir, tmp_path_factory):
+    """``(summary, run folder)``: the demo's light network trained three epochs on all of the
+    digits with EMA and numbered checkpoints (two kept). Trained once for the training, CAM
+    and predict tests that need a real model."""
+    from res2net_ms.engine import train
+
+    save_dir = tmp_path_factory.mktemp("trained")
+    summary = train(run_args(digits_dir, save_dir, *TRAINED))
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    return summary, str(save_dir)
+
+
 @pytest.fixture
 def graph_mode():
     """GRAPH_MODE with jit_level O2, as training runs it."""
@@ -77,3 +112,36 @@ def graph_mode():
 def pynative_mode():
     ms.set_context(mode=ms.PYNATIVE_MODE)
     yield
+
+
+SMALL_DETECTOR_SCALE = (320, 192)
+
+
+@pytest.fixture(scope="session")
+def small_detector():
+    """Mask R-CNN with one block per stage (compiles in seconds), few proposals, and heads set
+    so that it finds "person" and "car" boxes (the anchors: no regression) with masks filling
+    them (a random mask head gives empty masks, which no ground truth can match). Shared by
+    the detection command-line tests, so that it compiles once."""
+    from res2net_ms.det import create_detector
+
+    ms.set_seed(0)  # the same random weights, hence the same boxes, on every run
+    detector = create_detector(
+        "mask_rcnn_r2_101_fpn", backbone_kwargs=dict(layers=(1, 1, 1, 1)),
+        scale=SMALL_DETECTOR_SCALE,
+        test_cfg={"rpn": {"nms_pre": 200, "max_per_img": 100}, "rcnn": {"max_per_img": 20}})
+    params = detector.parameters_dict()
+
+    def scaled(name, factor, **values):
+        array = params[name].asnumpy() * factor
+        for index, value in values.items():
+            array[int(index[1:])] = value
+        params[name].set_data(ms.Tensor(array))
+
+    for name in ("rpn_head.rpn_reg", "roi_head.bbox_head.fc_reg"):
+        scaled(name + ".weight", 0)
+        scaled(name + ".bias", 0)
+    scaled("roi_head.bbox_head.fc_cls.bias", 1, i0=6.0, i2=6.0)  # person, car: about 0.45
+    scaled("roi_head.mask_head.conv_logits.weight", 0.2)
+    scaled("roi_head.mask_head.conv_logits.bias", 0, **{f"i{k}": 3.0 for k in range(80)})
+    return detector

@@ -4,8 +4,6 @@
 stage, 10 digit classes, 32 px, mean/std 127.5): the weights with random BatchNorm statistics
 (so that folding them is really tested), the run's resolved config and class names.
 """
-import json
-
 import mindspore as ms
 import numpy as np
 from mindspore import nn
@@ -13,7 +11,7 @@ from mindspore import nn
 import res2net_ms
 from conftest import run_args
 from res2net_ms.config import config_to_yaml, resolve_model_defaults
-from res2net_ms.engine.checkpoint import FORMAT, save_checkpoint_atomic
+from res2net_ms.run_state import RunState, save_training_checkpoint
 
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 LIGHT_KWARGS = dict(layers=(1, 1, 1, 1))
@@ -48,8 +46,8 @@ def light_checkpoint(digits_dir, path, seed=0, classes=CLASSES, ema_seed=None):
     if ema_seed is not None:
         ema = light_network(args.model, args.num_classes, ema_seed)
         params += [ms.Parameter(p.data, name="ema." + p.name) for p in ema.get_parameters()]
-    meta = {"format": FORMAT, "epoch": 1, "global_step": 1, "best_epoch": 1,
-            "has_ema": int(ema_seed is not None), "best_top1": 0.0, "model": args.model,
-            "config": config_to_yaml(args), "classes": json.dumps(classes)}
-    save_checkpoint_atomic(str(path), params, meta)
+    state = RunState(model=args.model, config=config_to_yaml(args), classes=list(classes),
+                     has_ema=ema_seed is not None, epoch=1, global_step=1, best_top1=0.0,
+                     best_epoch=1)
+    save_training_checkpoint(str(path), params, state)
     return str(path), net

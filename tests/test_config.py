@@ -3,12 +3,16 @@ import glob
 import os
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
-from res2net_ms.config import (OPTIONS, ConfigError, load_yaml_config, parse_args,
-                               resolve_model_defaults, save_config)
+from res2net_ms.config import (OPTIONS, ConfigError, config_to_yaml, load_yaml_config,
+                               parse_args, resolve_model_defaults)
+from res2net_ms.fileio import write_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,6 +93,33 @@ def test_choices_and_ranges(tmp_path):
         parse_args(["--config", str(tmp_path / "missing.yaml")])
 
 
+def _flag_values(opt, value):
+    """Command-line words giving option ``opt`` the value ``value`` (every item of a list)."""
+    items = [value] * (opt.length or 2) if opt.kind in ("floats", "ints") else [value]
+    return [f"--{opt.name}", *[str(int(v) if opt.kind in ("int", "ints") else v)
+                               for v in items]]
+
+
+@pytest.mark.parametrize("opt", [o for o in OPTIONS if o.bounds], ids=lambda o: o.name)
+def test_every_bound_of_the_table_is_enforced(opt):
+    """Just outside each end of an option's bounds: one line naming it; on a closed end:
+    accepted."""
+    low, high = (float(v) for v in opt.bounds[1:-1].split(","))
+    outside = [low - 1 if opt.bounds[0] == "[" else low]
+    if high != float("inf"):
+        outside.append(high + 1 if opt.bounds[-1] == "]" else high)
+    for value in outside:
+        with pytest.raises(ConfigError, match=f"^{opt.name} must be ") as info:
+            parse_args(_flag_values(opt, value))
+        assert "\n" not in str(info.value)
+    for value, closed in ((low, opt.bounds[0] == "["), (high, opt.bounds[-1] == "]")):
+        if closed and value != float("inf"):
+            assert parse_args(_flag_values(opt, value)) is not None
+    if opt.ascending:
+        with pytest.raises(ConfigError, match=f"{opt.name} must be \\[low, high\\]"):
+            parse_args([f"--{opt.name}", "0.9", "0.5"])
+
+
 def test_integers_are_accepted_as_floats_and_jitter_forms():
     values = load_yaml_config("lr: 1\ncolor_jitter: [0.4, 0.4, 0.4]\n", "x.yaml")
     assert values["lr"] == 1.0 and isinstance(values["lr"], float)
@@ -98,7 +129,7 @@ def test_integers_are_accepted_as_floats_and_jitter_forms():
 
 def test_saved_config_round_trips(tmp_path):
     args = resolve_model_defaults(parse_args(["--model", "res2net50_v1b_26w_4s", "--lr", "0.3"]))
-    path = save_config(args, str(tmp_path / "run" / "config.yaml"))
+    path = write_text(str(tmp_path / "run" / "config.yaml"), config_to_yaml(args))
     saved = yaml.safe_load(open(path))
     assert saved["lr"] == 0.3 and saved["image_resize"] == 224 and saved["crop_pct"] == 0.875
     assert "config" not in saved and "resume" not in saved
@@ -137,6 +168,34 @@ def test_cli_error_is_one_line_exit_2(tmp_path):
     assert lines[0].startswith(f"error: {cfg}: unknown key 'btach_size'; closest valid keys: "
                                f"batch_size")
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+
+
+@pytest.mark.parametrize("where", ["the folder", "a parent"])
+def test_a_run_folder_that_cannot_be_made_is_one_line_before_compiling(tmp_path, where):
+    """A file where ckpt_save_dir (or a folder above it) should be: one line, exit status 2,
+    before the network is built; the file is left as it was."""
+    blocker = tmp_path / "ckpt"
+    blocker.write_text("not a folder")
+    folder = blocker if where == "the folder" else blocker / "run"
+    digits = tmp_path / "data"
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (digits / split / name).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(
+                    digits / split / name / f"{i}.png")
+    start = time.time()
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--data_dir",
+                           str(digits), "--num_classes", "2", "--batch_size", "2",
+                           "--ckpt_save_dir", str(folder), "--resume", "auto"],
+                          capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: ckpt_save_dir '{folder}' cannot be made: '{blocker}' is a file, not a folder; "
+        f"remove it or choose another ckpt_save_dir"]
+    assert "model res2net50_26w_4s" not in proc.stdout  # nothing was built
+    assert time.time() - start < 60
+    assert blocker.read_text() == "not a folder"
 
 
 MINDCV_ONLY = ("amp_cast_list", "aug_repeats", "aug_splits", "aux_factor", "ckpt_save_policy",

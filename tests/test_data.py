@@ -5,13 +5,14 @@ import subprocess
 import sys
 import time
 
+import mindspore as ms
 import numpy as np
 import pytest
 from PIL import Image
 
 from res2net_ms.config import parse_args, resolve_model_defaults
-from res2net_ms.data import (DataError, TrainData, build_transforms, check_imagefolder,
-                             create_eval_loader, epoch_order, write_digits_imagefolder)
+from res2net_ms.data import (DataError, EvalData, TrainData, build_transforms,
+                             check_imagefolder, epoch_order, write_digits_imagefolder)
 from res2net_ms.fileio import TEMP_MARK
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -131,13 +132,11 @@ def test_train_order_is_fixed_per_epoch(digits_dir):
 def test_eval_shards_cover_every_image_once(digits_dir):
     args = _args(digits_dir)
     samples = check_imagefolder(digits_dir)["samples"]["val"]
-    batches = list(create_eval_loader(args, samples).create_tuple_iterator(num_epochs=1,
-                                                                          output_numpy=True))
+    batches = list(EvalData(args, samples).batches())
     single = np.concatenate([b[1] for b in batches])
     assert single.shape == (360,) and batches[-1][0].shape == (10, 3, 24, 24)
-    shards = [np.concatenate([b[1] for b in create_eval_loader(
-        args, samples, r, 7).create_tuple_iterator(num_epochs=1, output_numpy=True)])
-        for r in range(7)]
+    shards = [np.concatenate([b[1] for b in EvalData(args, samples, r, 7).batches()])
+              for r in range(7)]
     assert sum(len(s) for s in shards) == 360          # 52 + 6 x 51: uneven, nothing repeated
     assert sorted(np.concatenate(shards).tolist()) == sorted(single.tolist())
 
@@ -207,6 +206,60 @@ def test_skip_bad_images_replaces_and_counts(digits_dir, tmp_path):
     again = list(data.batches(0))                            # and stays the same
     for (a, la), (b, lb) in zip(batches, again):
         np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
+
+
+def _arrays(batches):
+    """The images and the labels of ``batches`` (tensors or arrays), each concatenated."""
+    def numpy(x):
+        return x.asnumpy() if hasattr(x, "asnumpy") else x
+    return [np.concatenate([numpy(batch[i]) for batch in batches]) for i in (0, 1)]
+
+
+def test_a_bad_validation_image_is_named_or_left_out_and_counted(digits_dir, tmp_path):
+    root = _copy_digits(digits_dir, tmp_path / "data")
+    samples = check_imagefolder(root, 10)["samples"]["val"]
+    victim = samples[7][0]
+    _corrupt(victim, "truncated")
+    with pytest.raises(DataError) as info:
+        list(EvalData(_args(root, "--batch_size", "4"), samples).batches())
+    message = str(info.value)
+    assert "\n" not in message and victim in message and "skip_bad_images" in message
+    args = _args(root, "--batch_size", "4", "--skip_bad_images", "True")
+    data = EvalData(args, samples)
+    first, again = list(data.batches()), list(data.batches())  # the second pass: left out
+    assert data.skipped == [victim]
+    without = _arrays(list(EvalData(args, [s for s in samples if s[0] != victim]).batches()))
+    for batches in (first, again):
+        for got, expected in zip(_arrays(batches), without):
+            np.testing.assert_array_equal(got, expected)
+    assert len(without[1]) == len(samples) - 1
+
+
+def test_the_sink_path_names_or_replaces_a_bad_image(digits_dir, tmp_path, monkeypatch):
+    """With a device data sink (Ascend/GPU; emulated on CPU by a sink whose every call pulls
+    the next batch and runs the step on it) a bad image is named, or replaced and counted,
+    as when the loop feeds the batches."""
+    def cpu_sink(step, dataset, sink_size=1):
+        batches = dataset.create_tuple_iterator(num_epochs=1)
+        return lambda: step(*next(batches))
+
+    def step(images, labels):
+        return images.asnumpy(), labels.asnumpy()
+
+    monkeypatch.setattr(ms, "data_sink", cpu_sink)
+    root = _copy_digits(digits_dir, tmp_path / "data")
+    victim = os.path.join(root, "train", "2", sorted(os.listdir(os.path.join(root, "train",
+                                                                             "2")))[3])
+    _corrupt(victim, "garbage")
+    with pytest.raises(DataError) as info:
+        list(_train_data(root).sink_steps(step, 0))
+    assert victim in str(info.value) and "\n" not in str(info.value)
+    sunk, fed = (_train_data(root, "--skip_bad_images", "True") for _ in range(2))
+    outputs, batches = list(sunk.sink_steps(step, 0)), list(fed.batches(0))
+    assert sunk.skipped == fed.skipped == [victim]
+    assert len(outputs) == len(batches) == sunk.steps_per_epoch
+    for got, expected in zip(_arrays(outputs), _arrays(batches)):
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_resumed_epoch_skips_batches_without_reading_them(digits_dir, tmp_path):

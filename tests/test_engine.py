@@ -5,7 +5,8 @@ from mindcv.utils import amp as mindcv_amp
 from mindspore import nn
 
 from res2net_ms.config import ConfigError, parse_args, resolve_model_defaults
-from res2net_ms.engine.setup import build_network, build_train_step, mixed_precision
+from res2net_ms.engine.network import build_network
+from res2net_ms.engine.train_step import build_train_step, mixed_precision
 
 LIGHT_NET = ["--model_kwargs", "{layers: [1, 1, 1, 1]}", "--num_classes", "10",
              "--amp_level", "O0", "--epoch_size", "2", "--warmup_epochs", "0"]

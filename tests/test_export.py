@@ -148,6 +148,36 @@ def test_export_bad_input_one_line_and_status_2(checkpoint, tmp_path, capsys):
     assert os.listdir(tmp_path) == ["x.mindir"]  # nothing half-written
 
 
+def test_out_without_the_suffix_gets_it(checkpoint, tmp_path, capsys):
+    """``--out model`` writes ``model.mindir``, as ``mindspore.export`` would name it: a file
+    called ``model`` is one that ``mindspore.load`` refuses."""
+    path, _ = checkpoint
+    code, stdout, err = _export_cli(capsys, "--ckpt_path", path, "--out", tmp_path / "model")
+    assert code == 0, err
+    assert f"wrote {tmp_path / 'model.mindir'} (MINDIR" in stdout
+    assert "checked with mindspore.load + nn.GraphCell" in stdout
+    assert os.listdir(tmp_path) == ["model.mindir"]
+    os.link(tmp_path / "model.mindir", tmp_path / "model")
+    with pytest.raises(ValueError, match="should end with '.mindir'"):
+        ms.load(str(tmp_path / "model"))
+
+
+def test_a_file_that_fails_its_check_is_not_left_behind(checkpoint, tmp_path, capsys,
+                                                         monkeypatch):
+    """The file is checked under its temporary name: when the check fails, the error is one
+    line, the previous file at ``--out`` is unchanged and no temporary file is left."""
+    path, _ = checkpoint
+    (tmp_path / "digits.mindir").write_bytes(b"the previous export")
+    monkeypatch.setitem(TOLERANCE, "MINDIR", -1.0)  # no file can pass: the check fails
+    code, stdout, err = _export_cli(capsys, "--ckpt_path", path, "--out",
+                                    tmp_path / "digits.mindir")
+    assert code == 1 and stdout == ""
+    assert err.startswith("error: the MINDIR file computes other logits than the network")
+    assert err.count("\n") == 1 and f"nothing written to {tmp_path / 'digits.mindir'}" in err
+    assert os.listdir(tmp_path) == ["digits.mindir"]
+    assert (tmp_path / "digits.mindir").read_bytes() == b"the previous export"
+
+
 def _zoo_loaded(name):
     net = randomise_bn(res2net_ms.create_model(name, num_classes=10))
     return LoadedModel(net, name, 10, Preprocess.of_model(get_model_config(name), 64),

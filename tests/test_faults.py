@@ -2,6 +2,7 @@
 mixed-up folders. train.py runs in a subprocess, as a job scheduler would run it."""
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import DEMO, LIGHT, REPO, ckpt_arrays, read_metrics
-from res2net_ms.engine.checkpoint import read_checkpoint_meta
+from res2net_ms.run_state import read_run_state
 from res2net_ms.fileio import TEMP_MARK
 
 pytestmark = pytest.mark.slow
@@ -40,16 +41,41 @@ def run(cmd, limit_bytes=None, timeout=600):
                           preexec_fn=limit if limit_bytes else None)
 
 
-def _writing(save_dir):
-    return os.path.isdir(save_dir) and any(TEMP_MARK in n for n in os.listdir(save_dir))
+# Every step or epoch checkpoint is written as last.ckpt first (the others are links to it),
+# through a temporary file named so (MindSpore writes it as ".last.ckpt.tmp-<pid>.tmp").
+CHECKPOINT_TEMPORARY = ".last.ckpt" + TEMP_MARK
+
+
+def _open_checkpoint_temporary(pid):
+    """The name of a checkpoint's temporary file that process ``pid`` has open, or None."""
+    fds = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fds)
+    except OSError:
+        return None
+    for fd in names:
+        try:
+            name = os.path.basename(os.readlink(os.path.join(fds, fd)))
+        except OSError:
+            continue
+        if name.startswith(CHECKPOINT_TEMPORARY):
+            return name
+    return None
+
+
+def _checkpoint_temporaries(save_dir, pid):
+    """The checkpoint temporaries of process ``pid`` in ``save_dir``: left only by a kill."""
+    return [n for n in os.listdir(save_dir) if n.startswith(f"{CHECKPOINT_TEMPORARY}{pid}.")]
 
 
 def kill_at(cmd, save_dir, moment, rng):
-    """Start ``cmd`` and SIGKILL it at ``moment``: "write" (as soon as a checkpoint is being
-    written) or "random" (in the epoch after this process's first one: after a random number
-    of logged steps and a random part of the next, so that it dies anywhere in a step, a
-    checkpoint write or the epoch's end, with a checkpoint to resume from).
-    Returns True if it was killed, False if the run finished first."""
+    """Start ``cmd`` and SIGKILL it at ``moment``: "write" (while it has a checkpoint's
+    temporary file open) or "random" (in the epoch after this process's first one: after a
+    random number of logged steps and a random part of the next, so that it dies anywhere in
+    a step, a checkpoint write or the epoch's end, with a checkpoint to resume from).
+    Returns "write" when the kill is proven to have cut a checkpoint write short (its
+    temporary file is left behind), "killed" for other kills, None if the run finished
+    first."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=REPO)
     lines = []
@@ -58,7 +84,7 @@ def kill_at(cmd, save_dir, moment, rng):
     steps_before_kill = rng.randint(STEPS_PER_EPOCH + 1, 2 * STEPS_PER_EPOCH - 2)
     deadline, step_seen_at = None, []
     while proc.poll() is None:
-        if moment == "write" and _writing(save_dir):
+        if moment == "write" and _open_checkpoint_temporary(proc.pid):
             break
         if moment == "random" and deadline is None:
             steps = sum(" step " in line for line in lines)
@@ -73,18 +99,19 @@ def kill_at(cmd, save_dir, moment, rng):
     if proc.poll() is not None:
         reader.join()
         assert proc.returncode == 0, "".join(lines)[-3000:]
-        return False
+        return None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     reader.join()
-    return True
+    cut_short = moment == "write" and _checkpoint_temporaries(save_dir, proc.pid)
+    return "write" if cut_short else "killed"
 
 
 def every_checkpoint_loads(save_dir):
     names = [n for n in os.listdir(save_dir) if n.endswith(".ckpt") and TEMP_MARK not in n]
     for name in names:
         ms.load_checkpoint(os.path.join(save_dir, name))  # raises if torn
-        assert read_checkpoint_meta(os.path.join(save_dir, name)) is not None, name
+        assert read_run_state(os.path.join(save_dir, name)) is not None, name
     return names
 
 
@@ -106,25 +133,30 @@ def test_killed_runs_resume_to_the_uninterrupted_weights(digits_dir, tmp_path, r
     save_dir = tmp_path / "run"
     cmd = train_cmd(digits_dir, save_dir, *EXACT, *extra, "--resume", "auto")
     rng = random.Random(len(extra))
-    kills = resumes = 0
+    kills = resumes = in_writes = 0
     for moment in moments:
-        if not kill_at(cmd, save_dir, moment, rng):
+        outcome = kill_at(cmd, save_dir, moment, rng)
+        if outcome is None:
             break
         kills += 1
+        in_writes += outcome == "write"
         if os.path.isdir(save_dir):
             resumes += bool(every_checkpoint_loads(save_dir))
     final = run(cmd)
     assert final.returncode == 0, final.stderr[-3000:]
     assert "Traceback" not in final.stderr
     every_checkpoint_loads(save_dir)
+    assert not [n for n in os.listdir(save_dir) if TEMP_MARK in n]  # cleaned at a start
     result = ckpt_arrays(save_dir / "last.ckpt")
     assert sorted(result) == sorted(reference)
     worst = max(float(np.max(np.abs(result[k].astype(np.float64) - reference[k])))
                 if result[k].size else 0.0 for k in reference)
     with capsys.disabled():
-        print(f"\n  kill test ({'step' if extra else 'epoch'} checkpoints): {kills} kills, "
-              f"{resumes} resumed from a checkpoint, max |weight difference| {worst:g}")
+        print(f"\n  kill test ({'step' if extra else 'epoch'} checkpoints): {kills} kills "
+              f"({in_writes} while a checkpoint was written), {resumes} resumed from a "
+              f"checkpoint, max |weight difference| {worst:g}")
     assert kills == 3 and resumes >= 2
+    assert in_writes >= 1
     assert worst == 0.0
     assert [r["epoch"] for r in read_metrics(save_dir)] == [1, 2, 3]
 
@@ -198,6 +230,45 @@ def test_a_diverging_loss_stops_and_keeps_the_last_good_checkpoint(digits_dir, o
     line = _error_line(proc)
     assert "not finite for 2 steps in a row" in line and "last good checkpoint" in line
     assert (save_dir / "last.ckpt").read_bytes() == before
+
+
+def _with_a_bad_image(digits_dir, tmp_path, split):
+    root = tmp_path / "data"
+    shutil.copytree(digits_dir, root)
+    victim = root / split / "4" / sorted(os.listdir(root / split / "4"))[2]
+    victim.write_bytes(victim.read_bytes()[:100])
+    return str(root), victim
+
+
+def test_a_bad_validation_image_stops_training_with_one_line(digits_dir, tmp_path):
+    root, victim = _with_a_bad_image(digits_dir, tmp_path, "val")
+    proc = run(train_cmd(root, tmp_path / "ckpt", *EXACT, "--epoch_size", "1",
+                         "--num_samples", "64", "--val_while_train", "True"))
+    line = _error_line(proc)
+    assert str(victim) in line and "skip_bad_images" in line
+    assert "epoch 1/1 loss" not in proc.stdout  # it stopped in the epoch's validation
+
+
+def test_skip_bad_images_leaves_a_bad_validation_image_out(digits_dir, tmp_path):
+    """Training's validation and validate.py leave the file out and count it, and agree;
+    validate.py without skip_bad_images names it in one line."""
+    root, victim = _with_a_bad_image(digits_dir, tmp_path, "val")
+    save_dir = tmp_path / "ckpt"
+    proc = run(train_cmd(root, save_dir, *EXACT, "--epoch_size", "1", "--num_samples", "64",
+                         "--val_while_train", "True", "--skip_bad_images", "True"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"skipping undecodable image '{victim}'" in proc.stdout
+    record = read_metrics(save_dir)[0]
+    assert (record["val_images"], record["val_bad_images_skipped"]) == (359, 1)
+    validate = [sys.executable, os.path.join(REPO, "validate.py"), "--ckpt_path",
+                str(save_dir / "last.ckpt"), "--data_dir", root]
+    proc = run(validate)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(359 images, 1 undecodable skipped)" in proc.stdout
+    assert float(re.search(r"top-1: ([0-9.]+)%", proc.stdout).group(1)) == \
+        round(record["val_top1"], 2)
+    line = _error_line(run(validate + ["--skip_bad_images", "False"]))
+    assert str(victim) in line and "skip_bad_images" in line
 
 
 def test_a_bad_image_stops_the_cli_with_one_line(digits_dir, tmp_path):

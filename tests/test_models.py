@@ -6,6 +6,7 @@ from mindspore import nn, ops
 
 import res2net_ms
 from res2net_ms.models.registry import MODELS
+from res2net_ms.summary import count_macs
 
 ALL = res2net_ms.list_models()
 # Two quick representatives of the ResNet and DLA layouts; the rest only in the full run.
@@ -37,16 +38,31 @@ def bn_cells(cell):
 
 def test_zoo_lists_every_published_variant():
     assert sorted(ALL) == sorted(PUBLISHED)
+    assert {name: MODELS[name].params for name in ALL} == PUBLISHED
     aliases = res2net_ms.list_models(aliases=True)
     for alias in ("res2net50", "res2net101", "res2net152", "res2net50d", "res2net101d",
                   "res2net50_v1b", "res2net101_v1b", "res2net152_v1b"):
         assert alias in aliases
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_parameter_count_equals_official(name):
-    net = res2net_ms.create_model(name)
+@pytest.fixture(scope="module", params=ALL_SLOW_BUT_QUICK)
+def zoo_net(request):
+    """``(name, network)``: each zoo network with its 1000 classes, built once for the checks
+    of one model (pytest runs them together, then drops the network)."""
+    return request.param, res2net_ms.create_model(request.param)
+
+
+def test_parameter_count_equals_official(zoo_net):
+    name, net = zoo_net
     assert n_trainable(net) == PUBLISHED[name] == MODELS[name].params
+
+
+def test_registry_gmacs_are_what_summary_counts(zoo_net):
+    """The README's GMACs column: what ``python -m res2net_ms.summary`` counts at 224 px."""
+    name, net = zoo_net
+    stages, head = count_macs(net, 224)
+    assert round((sum(s["macs"] for s in stages) + head) / 1e9, 2) == \
+        MODELS[name].counted_gmacs
 
 
 def test_aliases_build_the_same_network():
@@ -54,10 +70,9 @@ def test_aliases_build_the_same_network():
     assert n_trainable(res2net_ms.create_model("res2net101d")) == PUBLISHED["res2net101_v1b_26w_4s"]
 
 
-@pytest.mark.parametrize("name", ALL_SLOW_BUT_QUICK)
-def test_graph_mode_forward_and_backward(graph_mode, name):
+def test_graph_mode_forward_and_backward(graph_mode, zoo_net):
     """One O2 graph per model: logits shape, and a finite non-zero gradient for every param."""
-    net = res2net_ms.create_model(name, num_classes=7)
+    name, net = zoo_net
     net.set_train(True)
     params = net.trainable_params()
     x = batch()
@@ -69,7 +84,7 @@ def test_graph_mode_forward_and_backward(graph_mode, name):
 
     grad_fn = ms.value_and_grad(loss_fn, None, params, has_aux=True)
     (loss, logits), grads = grad_fn(x, labels)
-    assert logits.shape == (2, 7)
+    assert logits.shape == (2, 1000)
     assert np.isfinite(loss.asnumpy())
     unused = _unused_params(net)
     for p, g in zip(params, grads):

@@ -113,7 +113,8 @@ def test_summary_command_other_size_and_bad_input(capsys):
 # Published GMACs have one decimal; the ResNet layouts agree within 1.5 %. The official DLA
 # code also runs the "project" convs of its multi-level trees, whose output it never uses
 # (0.08 GMACs at 224, skipped by this network): there the published figures are up to 4 %
-# above the count.
+# above the count. (test_models.py recounts every model: one build per model for all its
+# checks.)
 TOLERANCE = {"ResNet": 0.015, "DLA": 0.04}
 
 
@@ -122,9 +123,3 @@ def test_counted_gmacs_agree_with_the_published(name):
     cfg = MODELS[name]
     layout = "DLA" if cfg.arch.__name__ == "DLA" else "ResNet"
     assert abs(cfg.counted_gmacs - cfg.gmacs) <= TOLERANCE[layout] * cfg.gmacs
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", res2net_ms.list_models())
-def test_registry_gmacs_are_what_summary_counts(name):
-    assert round(summarize(name, 224)["gmacs"], 2) == MODELS[name].counted_gmacs

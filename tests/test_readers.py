@@ -628,3 +628,191 @@ def test_module_imports_only_numpy_and_stdlib():
 def test_errors_are_value_errors():
     assert issubclass(CheckpointFormatError, ValueError)
     assert issubclass(UnsafeCheckpointError, ValueError)
+
+
+# ---------------------------------------------------------------------------
+# MindSpore .ckpt (res2net_ms.ckpt): checked before anything is built from it
+
+
+def _ms_types():
+    import mindspore as ms
+
+    rng = np.random.default_rng(2)
+    arrays = {"f32": rng.standard_normal((3, 4)).astype(np.float32),
+              "f16": rng.standard_normal(5).astype(np.float16),
+              "f64": rng.standard_normal((2, 1, 2)), "i64": np.arange(-3, 3, dtype=np.int64),
+              "i32": np.array([[1, 2]], dtype=np.int32), "i16": np.array([-7, 7], np.int16),
+              "i8": np.array([-128, 127], np.int8), "u8": np.array([0, 200], np.uint8),
+              "u16": np.array([65535], np.uint16), "u32": np.array([7], np.uint32),
+              "u64": np.array([2 ** 63], np.uint64), "bool": np.array([True, False]),
+              "scalar": np.array(3.5, np.float32)}
+    tensors = {k: ms.Tensor(v) for k, v in arrays.items()}
+    tensors["bf16"] = ms.Tensor(np.array([1.5, -2.25, 3e38], np.float32), dtype=ms.bfloat16)
+    return tensors
+
+
+def _ckpt_records(path):
+    """The entries of a .ckpt, each as its own one-entry checkpoint message (the file is their
+    concatenation)."""
+    from mindspore.train.checkpoint_pb2 import Checkpoint
+
+    whole = Checkpoint()
+    whole.ParseFromString(Path(path).read_bytes())
+    records = []
+    for value in whole.value:
+        one = Checkpoint()
+        one.value.add().CopyFrom(value)
+        records.append(one)
+    return records
+
+
+def _write_records(path, records, tail=b""):
+    Path(path).write_bytes(b"".join(r.SerializeToString() for r in records) + tail)
+    return path
+
+
+def _small_ckpt(tmp_path):
+    from res2net_ms.ckpt import save_ckpt
+
+    path = tmp_path / "small.ckpt"
+    save_ckpt({"conv.weight": np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2),
+               "step": np.array(3, np.int64)}, path, append_dict={"meta.model": "res2net50"})
+    return path
+
+
+@pytest.mark.parametrize("crc", [False, True])
+def test_ckpt_reader_reads_what_mindspore_reads(tmp_path, crc):
+    import mindspore as ms
+
+    from res2net_ms.ckpt import load_ckpt
+
+    path = str(tmp_path / "types.ckpt")
+    items = [{"name": k, "data": v} for k, v in _ms_types().items()]
+    ms.save_checkpoint(items, path, append_dict={"epoch": 4, "lr": 0.25, "note": "über 3°"},
+                       crc_check=crc)
+    assert (Path(path).read_bytes()[-17:-10] == b"crc_num") == crc
+    ours, theirs = load_ckpt(path), ms.load_checkpoint(path)
+    assert list(ours) == list(theirs) and len(ours) == 17
+    for name, want in theirs.items():
+        got = ours[name]
+        if isinstance(want, str):
+            assert got == want
+            continue
+        assert (got.name, got.dtype, got.shape) == (want.name, want.dtype, want.shape), name
+        if want.dtype == ms.bfloat16:
+            got, want = got.float(), want.float()
+        np.testing.assert_array_equal(got.asnumpy(), want.asnumpy(), err_msg=name)
+    assert ours["note"] == "über 3°" and ours["epoch"].asnumpy() == 4
+    assert set(load_ckpt(path, names={"f16", "note", "absent"})) == {"f16", "note"}
+
+
+def test_ckpt_reader_joins_a_tensor_split_over_entries(tmp_path):
+    """MindSpore writes a tensor over 512 MB as consecutive entries of one name."""
+    import mindspore as ms
+
+    from res2net_ms.ckpt import load_ckpt
+
+    weight, step = _ckpt_records(_small_ckpt(tmp_path))[:2]
+    halves = []
+    for part in (slice(0, 40), slice(40, None)):
+        half = type(weight)()
+        half.CopyFrom(weight)
+        half.value[0].tensor.tensor_content = weight.value[0].tensor.tensor_content[part]
+        halves.append(half)
+    path = _write_records(tmp_path / "split.ckpt", [*halves, step])
+    got = load_ckpt(path)["conv.weight"].asnumpy()
+    np.testing.assert_array_equal(got, np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2))
+    np.testing.assert_array_equal(got, ms.load_checkpoint(str(path))["conv.weight"].asnumpy())
+
+
+def _corrupt(tmp_path, kind):
+    """A copy of a small valid checkpoint with one kind of damage."""
+    path = _small_ckpt(tmp_path)
+    records = _ckpt_records(path)
+    tensor = records[0].value[0].tensor
+    data = path.read_bytes()
+    if kind == "truncated":
+        return _write_records(tmp_path / "bad.ckpt", [], data[:len(data) // 2])
+    if kind == "empty":
+        return _write_records(tmp_path / "bad.ckpt", [])
+    if kind == "crc":
+        import mindspore as ms
+
+        with_crc = tmp_path / "crc.ckpt"
+        ms.save_checkpoint([{"name": "w", "data": ms.Tensor(np.ones(8, np.float32))}],
+                           str(with_crc), crc_check=True)
+        damaged = bytearray(with_crc.read_bytes())
+        damaged[-20] ^= 0x40  # a byte of the tensor's content
+        return _write_records(tmp_path / "bad.ckpt", [], bytes(damaged))
+    if kind == "unknown field":  # the first entry's field number damaged
+        data = b"\x12" + data[1:]
+        return _write_records(tmp_path / "bad.ckpt", [], data)
+    if kind == "wrong length":
+        tensor.tensor_content = tensor.tensor_content[:-4]
+    elif kind == "wrong shape":
+        tensor.dims[0] = 3
+    elif kind == "huge dimension":
+        tensor.dims[1] = 2 ** 62
+    elif kind == "negative dimension":
+        tensor.dims[1] = -3
+    elif kind == "unknown type":
+        tensor.tensor_type = "Float31"
+    elif kind == "string":
+        records[2].value[0].tensor.tensor_content += b"\x01"
+    elif kind == "map parameter":
+        records[0].value[0].maptensor.tensor.add().CopyFrom(tensor)
+    return _write_records(tmp_path / "bad.ckpt", records)
+
+
+@pytest.mark.parametrize("kind, fragment", [
+    ("truncated", "Truncated"), ("empty", "holds no tensors"), ("crc", "CRC-32"),
+    ("unknown field", "fields a checkpoint does not have"),
+    ("wrong length", "'conv.weight' of shape (2, 3, 2, 2) and type Float32 needs 96 bytes, "
+                     "the file holds 92"),
+    ("wrong shape", "needs 144 bytes, the file holds 96"),
+    ("huge dimension", "needs 147573952589676412928 bytes"),
+    ("negative dimension", "impossible shape (2, -3, 2, 2)"),
+    ("unknown type", "unknown type 'Float31'"), ("string", "not UTF-32"),
+    ("map parameter", "not a tensor")])
+def test_corrupt_ckpt_is_one_line(tmp_path, kind, fragment):
+    from res2net_ms.ckpt import CheckpointReadError, load_ckpt
+
+    path = _corrupt(tmp_path, kind)
+    with pytest.raises(CheckpointReadError) as excinfo:
+        load_ckpt(path)
+    _assert_one_line_error(excinfo, path, "not a readable MindSpore checkpoint", fragment,
+                           "truncated, corrupt or of another format")
+
+
+def test_ckpt_that_breaks_mindspores_loader_is_one_line_in_the_cli(tmp_path):
+    """A shape that claims fewer bytes than stored: MindSpore's own loader corrupts the heap
+    (the process aborts) or builds a tensor of the wrong size; ours names the file and the
+    tensor, and the converter's command line ends with one ``error:`` line."""
+    records = _ckpt_records(_small_ckpt(tmp_path))
+    records[0].value[0].tensor.dims[0] = 1  # 48 of the 96 bytes
+    path = _write_records(tmp_path / "bad.ckpt", records)
+    probe = ("import sys, mindspore as ms; "
+             "print(ms.load_checkpoint(sys.argv[1])['conv.weight'].shape, flush=True)")
+    mindspore = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True,
+                               text=True, timeout=300)
+    assert mindspore.returncode < 0 or "(1, 3, 2, 2)" in mindspore.stdout, mindspore.stderr
+    cli = subprocess.run([sys.executable, "-m", "res2net_ms.convert", str(path), "--model",
+                          "res2net50", "--out", str(tmp_path / "out.ckpt")], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 2, cli.stderr[-2000:]
+    (line,) = [ln for ln in cli.stderr.splitlines() if ln.strip()]
+    assert line.startswith("error: ") and str(path) in line
+    assert "'conv.weight' of shape (1, 3, 2, 2) and type Float32 needs 48 bytes" in line
+    assert not (tmp_path / "out.ckpt").exists()
+
+
+def test_the_package_reads_ckpt_files_only_through_load_ckpt():
+    """MindSpore's loader trusts the file: no module but ``ckpt.py`` may call it."""
+    callers = []
+    for source in (REPO / "res2net_ms").rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            name = next((getattr(node, a) for a in ("attr", "id", "name")
+                         if isinstance(getattr(node, a, None), str)), None)
+            if name in ("load_checkpoint", "load_checkpoint_async"):
+                callers.append(str(source.relative_to(REPO)))
+    assert callers == [], callers

@@ -14,27 +14,18 @@ import pytest
 
 import mindspore as ms
 
-from conftest import DEMO, LIGHT, REPO, ckpt_arrays, read_metrics, run_args
+from conftest import DEMO, LIGHT, REPO, TRAINED, ckpt_arrays, read_metrics, run_args
 from res2net_ms.ckpt import save_ckpt
 from res2net_ms.config import parse_args
-from res2net_ms.engine import (build_network, load_weights, parse_run_args,
-                               read_checkpoint_meta, train, validate)
-from res2net_ms.engine.checkpoint import checkpoint_classes
-from res2net_ms.engine.setup import seed_everything
+from res2net_ms.engine import (build_network, load_weights, parse_run_args, read_run_state,
+                               seed_everything, train, validate)
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def trained(digits_dir, tmp_path_factory):
-    """Three epochs on all of digits with EMA and numbered checkpoints (two kept)."""
-    save_dir = tmp_path_factory.mktemp("trained")
-    summary = train(run_args(digits_dir, save_dir, "--epoch_size", "3", "--ema", "True",
-                          "--keep_checkpoint_max", "2"))
-    return summary, str(save_dir)
-
-
 def test_training_learns_and_writes_its_files(trained):
+    """conftest's ``trained``: three epochs on all of digits with EMA, two numbered
+    checkpoints kept."""
     summary, save_dir = trained
     rows = read_metrics(save_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
@@ -50,16 +41,17 @@ def test_training_learns_and_writes_its_files(trained):
                 "ema.layer1.0.bn1.moving_mean", "ema_updates", "scale_sense"):
         assert key in state, key
     assert "learning_rate" not in state          # rebuilt from the config on resume
-    meta = read_checkpoint_meta(os.path.join(save_dir, "last.ckpt"))
-    assert (meta["epoch"], meta["global_step"], meta["has_ema"]) == (3, 3 * 44, 1)
-    assert "model: res2net50_26w_4s" in meta["config"]
-    assert checkpoint_classes(os.path.join(save_dir, "best.ckpt")) == [str(i) for i in range(10)]
+    meta = read_run_state(os.path.join(save_dir, "last.ckpt"))
+    assert (meta.epoch, meta.global_step, meta.has_ema) == (3, 3 * 44, True)
+    assert "model: res2net50_26w_4s" in meta.config
+    assert read_run_state(os.path.join(save_dir, "best.ckpt")).classes == \
+        [str(i) for i in range(10)]
     with open(os.path.join(save_dir, "train.log")) as f:
         log = f.read()
     assert "epoch 3/3" in log and "val (EMA) top-1" in log
 
 
-def test_validate_reproduces_the_training_number(trained):
+def test_validate_reproduces_the_training_number(trained, tmp_path):
     summary, save_dir = trained
     best = os.path.join(save_dir, "best.ckpt")
     row = next(r for r in read_metrics(save_dir) if r["epoch"] == summary["best_epoch"])
@@ -73,26 +65,34 @@ def test_validate_reproduces_the_training_number(trained):
                                   base_checkpoint="ckpt_path"))
     assert raw["images"] == 360 and raw["top1"] > 50
 
+    # validate.py itself, from another folder, prints the number (the run's config, data
+    # folder included, read from the checkpoint) and exits cleanly.
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "validate.py"), "--ckpt_path",
+                           best], capture_output=True, text=True, cwd=str(tmp_path),
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Exception ignored" not in proc.stderr
+    top1 = float(re.search(r"top-1: ([0-9.]+)%", proc.stdout).group(1))
+    assert top1 == round(row["val_top1"], 2)
 
-def test_resume_continues_exactly(digits_dir, tmp_path):
-    """Epoch 1's checkpoint of a 2-epoch run, resumed under another name, ends where the
-    uninterrupted run ended: weights, BN statistics, optimizer moments, EMA, step."""
-    deterministic = ["--deterministic", "True", "--scale", "1", "1", "--ratio", "1", "1",
-                     "--num_samples", "320", "--epoch_size", "2", "--ema", "True"]
-    full = tmp_path / "full"
-    train(run_args(digits_dir, full, *deterministic))
+
+def test_resume_continues_exactly(trained, digits_dir, tmp_path):
+    """Epoch 2's checkpoint of conftest's run, resumed under another name into another
+    folder, ends where the uninterrupted run ended: weights, BN statistics, optimizer
+    moments, EMA, step, and epoch 3's validation and learning rate."""
+    _, full = trained
     renamed = tmp_path / "some name.ckpt"
-    shutil.copyfile(full / "res2net50_26w_4s-e0001.ckpt", renamed)
+    shutil.copyfile(os.path.join(full, "res2net50_26w_4s-e0002.ckpt"), renamed)
     resumed = tmp_path / "resumed"
-    summary = train(run_args(digits_dir, resumed, *deterministic, "--resume", str(renamed)))
-    assert summary["global_step"] == 20
-    a, b = ckpt_arrays(full / "last.ckpt"), ckpt_arrays(resumed / "last.ckpt")
+    summary = train(run_args(digits_dir, resumed, *TRAINED, "--resume", str(renamed)))
+    assert summary["global_step"] == 3 * 44
+    a, b = ckpt_arrays(os.path.join(full, "last.ckpt")), ckpt_arrays(resumed / "last.ckpt")
     assert sorted(a) == sorted(b)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-    assert [r["epoch"] for r in read_metrics(resumed)] == [2]
-    assert read_metrics(resumed)[0]["val_top1"] == read_metrics(full)[1]["val_top1"]
-    assert read_metrics(resumed)[0]["lr"] == read_metrics(full)[1]["lr"]
+    assert [r["epoch"] for r in read_metrics(resumed)] == [3]
+    assert read_metrics(resumed)[0]["val_top1"] == read_metrics(full)[2]["val_top1"]
+    assert read_metrics(resumed)[0]["lr"] == read_metrics(full)[2]["lr"]
 
 
 def test_resume_rejects_plain_weights(digits_dir, tmp_path):
@@ -158,47 +158,12 @@ def test_weights_from_plain_and_pytorch_files(tmp_path):
                                reference.conv1.weight.detach().numpy(), rtol=0, atol=0)
 
 
-def test_cli_train_then_validate(digits_dir, tmp_path):
-    """The scripts themselves: train.py for one short epoch, then validate.py on its best
-    checkpoint (config read from the checkpoint) prints the number training reported."""
-    save_dir = tmp_path / "cli"
-    train_proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "train.py"), "--config", DEMO, "--data_dir",
-         digits_dir, "--ckpt_save_dir", str(save_dir), *LIGHT, "--log_interval", "1000",
-         "--epoch_size", "1", "--num_samples", "320"], capture_output=True, text=True, cwd=str(tmp_path),
-        timeout=300)
-    assert train_proc.returncode == 0, train_proc.stderr
-    assert "Exception ignored" not in train_proc.stderr
-    assert "epoch 1/1" in train_proc.stdout
-    reported = read_metrics(save_dir)[0]["val_top1"]
-    val_proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "validate.py"), "--ckpt_path",
-         str(save_dir / "best.ckpt")], capture_output=True, text=True, cwd=str(tmp_path),
-        timeout=300)
-    assert val_proc.returncode == 0, val_proc.stderr
-    assert "Exception ignored" not in val_proc.stderr
-    top1 = float(re.search(r"top-1: ([0-9.]+)%", val_proc.stdout).group(1))
-    assert top1 == round(reported, 2)
-
-
-@pytest.mark.parametrize("extra", [
-    ["--amp_level", "O2", "--loss_scale", "1e30", "--loss_scale_type", "dynamic",
-     "--loss_scale_factor", "1e10", "--clip_grad", "True", "--clip_value", "1.0",
-     "--mixup", "0.2", "--cutmix", "1.0", "--cutmix_prob", "0.5", "--color_jitter", "0.4",
-     "--re_prob", "0.25", "--opt", "momentum", "--lr", "0.01", "--scheduler", "step_decay",
-     "--decay_epochs", "1"],
-    ["--mode", "1"],
-], ids=["graph-amp-dynamic-scale-clip-mixup", "pynative"])
-def test_training_options_run(digits_dir, tmp_path, extra):
+def test_training_in_pynative_mode_runs(digits_dir, tmp_path):
     save_dir = tmp_path / "run"
     train(run_args(digits_dir, save_dir, "--epoch_size", "1", "--num_samples", "128",
-                "--warmup_epochs", "0", *extra))
+                   "--warmup_epochs", "0", "--mode", "1"))
     row = read_metrics(save_dir)[0]
     assert row["global_step"] == 4 and row["val_images"] == 360
-    if "dynamic" in extra:
-        # 1e30 overflows float16: steps are skipped until the scale has come down.
-        assert row["skipped_steps"] >= 1 and row["loss_scale"] < 1e30
-        assert row["train_loss"] is not None
 
 
 def test_distribute_without_launcher_is_refused(digits_dir):
@@ -210,7 +175,7 @@ def test_distribute_without_launcher_is_refused(digits_dir):
 
 
 def test_pretrained_weights_come_from_the_cache(tmp_path):
-    from res2net_ms.engine.checkpoint import CheckpointError, pretrained_file
+    from res2net_ms.weights import CheckpointError, pretrained_file
 
     cached = tmp_path / "res2net50_26w_4s-06e79181.ckpt"  # the converted official file
     save_ckpt({"fc.bias": np.zeros(1000, np.float32)}, cached)
@@ -219,19 +184,31 @@ def test_pretrained_weights_come_from_the_cache(tmp_path):
         pretrained_file("res2net152_26w_4s", cache_dir=str(tmp_path))
 
 
-def test_logged_lr_follows_the_optimizer_when_steps_are_skipped(digits_dir, tmp_path):
-    """Overflowing steps are skipped and do not advance the optimizer, so the logged learning
-    rate is the table's at the optimizer's own step count, not at the batch count."""
+def test_amp_with_overflowing_scale_and_options_runs_and_logs_the_optimizers_lr(digits_dir,
+                                                                                tmp_path):
+    """AMP O2 with a dynamic loss scale of 1e30 (it overflows float16), gradient clipping,
+    mixup/cutmix, colour jitter, random erasing, momentum and step decay run together;
+    overflowing steps are skipped until the scale has come down, and a skipped step does not
+    advance the optimizer, so the logged learning rate is the table's at the optimizer's own
+    step count, not at the batch count (the two warm-up epochs make it change every step)."""
     from mindcv.scheduler import create_scheduler
 
     save_dir = tmp_path / "run"
     train(run_args(digits_dir, save_dir, "--epoch_size", "2", "--num_samples", "128",
                    "--amp_level", "O2", "--loss_scale", "1e30", "--loss_scale_type", "dynamic",
-                   "--loss_scale_factor", "1e10", "--warmup_epochs", "2", "--lr", "0.01"))
+                   "--loss_scale_factor", "1e10", "--clip_grad", "True", "--clip_value", "1.0",
+                   "--mixup", "0.2", "--cutmix", "1.0", "--cutmix_prob", "0.5",
+                   "--color_jitter", "0.4", "--re_prob", "0.25", "--opt", "momentum",
+                   "--lr", "0.01", "--scheduler", "step_decay", "--decay_epochs", "1",
+                   "--warmup_epochs", "2"))
     rows = read_metrics(save_dir)
+    first = rows[0]
+    assert first["global_step"] == 4 and first["val_images"] == 360
+    assert first["skipped_steps"] >= 1 and first["loss_scale"] < 1e30
+    assert first["train_loss"] is not None
     skipped = sum(r["skipped_steps"] for r in rows)
-    assert skipped >= 1
-    table = create_scheduler(4, scheduler="cosine_decay", lr=0.01, min_lr=0.0, warmup_epochs=2,
+    # Both epochs are warm-up: step_decay has no step left to decay.
+    table = create_scheduler(4, scheduler="step_decay", lr=0.01, min_lr=0.0, warmup_epochs=2,
                              decay_epochs=1, num_epochs=2)
     row = rows[-1]
     assert row["lr"] == pytest.approx(table[row["global_step"] - skipped - 1], rel=1e-6)

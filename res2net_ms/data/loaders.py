@@ -6,36 +6,41 @@ module adds is the sample order. Each epoch's order is a permutation drawn from
 
 * a run resumed at any epoch, or at any step of an epoch, sees the batches an uninterrupted
   run would have seen: the batches already trained on are skipped before any file is read;
-* a file that cannot be decoded is named in one line (or, with ``skip_bad_images``, replaced
-  by its neighbour in the order and counted), instead of a pipeline traceback.
+* a file that cannot be decoded is named in one line, instead of a pipeline traceback; with
+  ``skip_bad_images`` it is counted and, in training, replaced by its neighbour in the order
+  (the epoch keeps its length on every rank), in evaluation left out.
+
+This holds wherever the batches go: fed by the loop, pulled by a device data sink, evaluated.
 """
 import logging
 import os
 
+import mindspore as ms
 import mindspore.dataset as ds
 import numpy as np
 from mindcv.data import create_loader, create_transforms
 
 from .folder import DataError
 from .images import bad_images
+from .preprocess import Preprocess
 
-__all__ = ["build_transforms", "epoch_order", "TrainData", "create_eval_loader"]
+__all__ = ["build_transforms", "epoch_order", "TrainData", "EvalData"]
 
 logger = logging.getLogger("res2net_ms")
 
 
 def build_transforms(args, is_training):
     """mindcv's ImageNet transforms with this run's sizes, crop, mean/std and augmentation."""
-    common = dict(interpolation=args.interpolation, mean=list(args.mean), std=list(args.std))
     if not is_training:
-        return create_transforms("", image_resize=args.image_resize, is_training=False,
-                                 crop_pct=args.crop_pct, **common)
+        return Preprocess(args.image_resize, args.crop_pct, tuple(args.mean), tuple(args.std),
+                          args.interpolation).transforms(decode=True)
     return create_transforms(
         "", image_resize=args.image_resize, is_training=True, auto_augment=args.auto_augment,
         scale=tuple(args.scale), ratio=tuple(args.ratio), hflip=args.hflip, vflip=args.vflip,
         color_jitter=args.color_jitter, re_prob=args.re_prob, re_scale=tuple(args.re_scale),
         re_ratio=tuple(args.re_ratio), re_value=args.re_value,
-        re_max_attempts=args.re_max_attempts, separate=args.aug_splits > 0, **common)
+        re_max_attempts=args.re_max_attempts, separate=args.aug_splits > 0,
+        interpolation=args.interpolation, mean=list(args.mean), std=list(args.std))
 
 
 def _workers(args):
@@ -86,11 +91,34 @@ def epoch_order(num_images, epoch, seed, shuffle=True, num_samples=None, repeats
     return order[rank::group_size][:length]
 
 
+def _undecodable(exc, paths, position, args):
+    """The undecodable file among ``paths`` (from the sample at ``position``, where the
+    pipeline stopped, on) that made ``exc``: one line that stops the run, or, with
+    ``skip_bad_images``, a warning and its path."""
+    bad = bad_images(paths)
+    if not bad:
+        detail = " ".join(str(exc).split())[:300]
+        raise DataError(f"the data pipeline failed and no file near sample {position} of "
+                        f"this pass is undecodable: {detail}") from None
+    path, problem = bad[0]
+    if not args.skip_bad_images:
+        raise DataError(f"cannot decode image '{path}' ({problem}): remove or replace it, "
+                        f"or set skip_bad_images: true; python -m res2net_ms.data check "
+                        f"{args.data_dir} lists every bad file") from None
+    logger.warning("warning: skipping undecodable image '%s' (%s)", path, problem)
+    return path
+
+
+def _window(args):
+    """How many samples past the failure point to search: the pipeline reads ahead."""
+    return max(32 * args.batch_size, 512)
+
+
 class TrainData:
     """The training batches of every epoch, from the samples of one folder scan.
 
-    ``steps_per_epoch`` is known before anything is read. :meth:`batches` yields an epoch's
-    ``(images, labels)`` from a given step on, naming (or replacing) undecodable files.
+    ``steps_per_epoch`` is known before anything is read. :meth:`batches` (fed by the loop)
+    and :meth:`sink_steps` (pulled by the device) run an epoch from a given step on.
     """
 
     def __init__(self, args, samples, rank=0, group_size=1):
@@ -119,46 +147,41 @@ class TrainData:
             cutmix_prob=a.cutmix_prob, num_classes=a.num_classes, transform=self.transforms,
             num_parallel_workers=_workers(a), separate=a.aug_splits > 0)
 
-    def loader(self, epoch, start_step=0):
-        """The epoch's pipeline from ``start_step`` on (for a device data sink)."""
-        indices = [self.replaced.get(i, i) for i in self._order(epoch)]
-        return self._loader(indices[start_step * self.args.batch_size:], epoch)
-
     def batches(self, epoch, start_step=0):
         """Yield the batches of ``epoch`` from step ``start_step`` on (earlier files unread)."""
+        return self._steps(epoch, start_step,
+                           lambda pipeline, step: pipeline.create_tuple_iterator(num_epochs=1))
+
+    def sink_steps(self, step_cell, epoch, start_step=0):
+        """Yield the outputs of ``step_cell`` for the steps of ``epoch`` from ``start_step``
+        on, the batches pulled by the device (``mindspore.data_sink``, Ascend/GPU)."""
+        def pull(pipeline, step):
+            sink = ms.data_sink(step_cell, pipeline, sink_size=1)
+            return (sink() for _ in range(step, self.steps_per_epoch))
+        return self._steps(epoch, start_step, pull)
+
+    def _steps(self, epoch, start_step, pull):
+        """What ``pull(pipeline, step)`` yields, one item a step; after an undecodable file
+        the pipeline is rebuilt from the step where it stopped, the file replaced."""
         order = self._order(epoch)
         self.skipped = []
-        position = start_step * self.args.batch_size
+        step = start_step
         while True:
-            indices = [self.replaced.get(i, i) for i in order[position:]]
+            position = step * self.args.batch_size
             try:
-                for images, labels in self._loader(indices, epoch).create_tuple_iterator(
-                        num_epochs=1):
-                    position += self.args.batch_size
-                    yield images, labels
+                indices = [self.replaced.get(i, i) for i in order[position:]]
+                for item in pull(self._loader(indices, epoch), step):
+                    step += 1
+                    yield item
                 return
             except RuntimeError as exc:
-                self._handle_failure(exc, order, position)
-
-    def _handle_failure(self, exc, order, position):
-        """Find the undecodable file at or after ``position``: raise, or replace it."""
-        window = order[position:position + max(32 * self.args.batch_size, 512)]
-        window = [self.replaced.get(i, i) for i in window]
-        bad = bad_images([self.samples[i][0] for i in window])
-        if not bad:
-            detail = " ".join(str(exc).split())[:300]
-            raise DataError(f"the data pipeline failed and no file near sample {position} of "
-                            f"this epoch is undecodable: {detail}") from None
-        path, problem = bad[0]
-        data_dir = self.args.data_dir
-        if not self.args.skip_bad_images:
-            raise DataError(f"cannot decode image '{path}' ({problem}): remove or replace it, "
-                            f"or set skip_bad_images: true; python -m res2net_ms.data check "
-                            f"{data_dir} lists every bad file") from None
-        index = next(i for i in window if self.samples[i][0] == path)
-        self.replaced[index] = self._neighbour(index)
-        self.skipped.append(path)
-        logger.warning("warning: skipping undecodable image '%s' (%s)", path, problem)
+                window = [self.replaced.get(i, i)
+                          for i in order[position:position + _window(self.args)]]
+                path = _undecodable(exc, [self.samples[i][0] for i in window], position,
+                                    self.args)
+                index = next(i for i in window if self.samples[i][0] == path)
+                self.replaced[index] = self._neighbour(index)
+                self.skipped.append(path)
 
     def _neighbour(self, index):
         """The decodable sample used in place of an undecodable one: the next in file order."""
@@ -169,16 +192,43 @@ class TrainData:
         raise DataError("no decodable image left in the training split")
 
 
-def create_eval_loader(args, samples, rank=0, group_size=1):
+class EvalData:
     """Validation batches (last batch kept); rank r gets samples r, r+n, r+2n, ...
 
     Every image is evaluated exactly once, whatever the shard sizes; ``eval_shuffle`` changes
-    only the order (as mindcv's).
+    only the order (as mindcv's). With ``skip_bad_images`` an undecodable file is left out of
+    every pass and listed in ``skipped``.
     """
-    order = np.arange(len(samples))
-    if args.eval_shuffle:
-        order = np.random.RandomState(args.seed).permutation(len(samples))
-    return create_loader(_source(samples, order[rank::group_size]), batch_size=args.batch_size,
-                         drop_remainder=False, is_training=False, num_classes=args.num_classes,
-                         transform=build_transforms(args, False),
-                         num_parallel_workers=_workers(args))
+
+    def __init__(self, args, samples, rank=0, group_size=1):
+        order = np.arange(len(samples))
+        if args.eval_shuffle:
+            order = np.random.RandomState(args.seed).permutation(len(samples))
+        self.args = args
+        self.samples = samples
+        self.indices = [int(i) for i in order[rank::group_size]]
+        self.transforms = build_transforms(args, False)
+        self.skipped = []
+
+    def batches(self):
+        """Yield this rank's ``(images, labels)`` as numpy arrays; files found undecodable
+        in an earlier pass are left out at once."""
+        indices = [i for i in self.indices if self.samples[i][0] not in self.skipped]
+        position = 0
+        while position < len(indices):
+            loader = create_loader(
+                _source(self.samples, indices[position:]), batch_size=self.args.batch_size,
+                drop_remainder=False, is_training=False, num_classes=self.args.num_classes,
+                transform=self.transforms, num_parallel_workers=_workers(self.args))
+            try:
+                for images, labels in loader.create_tuple_iterator(num_epochs=1,
+                                                                   output_numpy=True):
+                    position += len(labels)
+                    yield images, labels
+                return
+            except RuntimeError as exc:
+                window = indices[position:position + _window(self.args)]
+                path = _undecodable(exc, [self.samples[i][0] for i in window], position,
+                                    self.args)
+                indices.remove(next(i for i in window if self.samples[i][0] == path))
+                self.skipped.append(path)

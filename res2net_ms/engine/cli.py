@@ -4,7 +4,6 @@ Input problems (config, data folder, checkpoint), a disk that cannot take a chec
 loss that stays non-finite end the run with one ``error:`` line and exit status 2; other
 exceptions are bugs and keep their traceback (status 1).
 """
-import os
 import sys
 import traceback
 
@@ -12,7 +11,7 @@ from ..config import ConfigError, parse_args, peek_option
 from ..data import DataError
 from ..fileio import WriteError
 from ..process import exit_process
-from .checkpoint import CheckpointError, read_checkpoint_meta
+from ..run_state import CheckpointError, read_run_state
 from .loop import TrainingDiverged
 from .trainer import train, validate
 
@@ -30,9 +29,9 @@ def parse_run_args(argv=None, base_checkpoint=None, prog=None, description=None)
     stored = None
     if base_checkpoint and not peek_option(argv, "config"):
         path = peek_option(argv, base_checkpoint)
-        meta = read_checkpoint_meta(path) if path and os.path.isfile(path) else None
-        if meta and meta.get("config"):
-            stored = (meta["config"], f"{path} (stored config)")
+        state = read_run_state(path) if path else None
+        if state and state.config:
+            stored = (state.config, f"{path} (stored config)")
     return parse_args(argv, stored_config=stored, prog=prog, description=description)
 
 

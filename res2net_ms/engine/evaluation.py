@@ -5,6 +5,7 @@ averages, so that the counts of all ranks can be summed: the distributed top-1 i
 exactly the single-device top-1, whatever the shard sizes. The last batch is padded to the
 full batch size and masked, so the graph compiles for one input shape only.
 """
+import contextlib
 import time
 
 import numpy as np
@@ -12,7 +13,9 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-__all__ = ["EvalNet", "evaluate", "sum_over_ranks", "average_bn_statistics"]
+from ..compile_cache import compile_cell
+
+__all__ = ["EvalNet", "ema_weights", "evaluate", "sum_over_ranks", "average_bn_statistics"]
 
 
 class EvalNet(nn.Cell):
@@ -32,6 +35,23 @@ class EvalNet(nn.Cell):
         top1 = (hits[:, 0] * mask).sum()
         topk = (hits.sum(axis=1) * mask).sum()
         return (losses * mask).sum(), top1, topk
+
+
+@contextlib.contextmanager
+def ema_weights(ema):
+    """The EMA weights of ``ema`` in place of the network's for the ``with`` block (nothing
+    changes without ``ema``)."""
+    if ema is None:
+        yield
+        return
+    saved = [param.asnumpy().copy() for param in ema.weights]
+    for param, avg in zip(ema.weights, ema.ema_weights):
+        param.set_data(Tensor(avg.asnumpy()))
+    try:
+        yield
+    finally:
+        for param, value in zip(ema.weights, saved):
+            param.set_data(Tensor(value))
 
 
 class _AllReduceSum(nn.Cell):
@@ -66,33 +86,42 @@ def average_bn_statistics(params, group_size):
         offset += p.size
 
 
-def evaluate(eval_net, loader, batch_size, distributed=False):
-    """Evaluate an :class:`EvalNet` (put in inference mode here) on every batch of ``loader``.
+def evaluate(eval_net, data, batch_size, distributed=False, ema=None):
+    """Evaluate an :class:`EvalNet` (put in inference mode here) on every batch of ``data``
+    (a :class:`~res2net_ms.data.EvalData`), with the weights of ``ema`` if given.
 
     Keep one ``eval_net`` per network: graph mode compiles each cell instance once.
-    Returns ``{"top1", "top5", "loss", "images", "images_per_s", "seconds"}``; top-1/top-5
-    in percent. ``images_per_s`` leaves out the first batch, which includes the compile.
-    With ``distributed`` the counts of all ranks are summed first.
+    Returns ``{"top1", "top5", "loss", "images", "images_per_s", "seconds"}``, and
+    ``"bad_images_skipped"`` when undecodable files were left out; top-1/top-5 in percent.
+    ``images_per_s`` leaves out the first batch, which includes the compile. With
+    ``distributed`` the counts of all ranks are summed first.
     """
     network = eval_net.network
     was_training = network.training
     eval_net.set_train(False)
-    sums = np.zeros(4, dtype=np.float64)
+    sums = np.zeros(5, dtype=np.float64)
     start = time.perf_counter()
     steady_start, steady_images = None, 0
-    for images, labels in loader.create_tuple_iterator(num_epochs=1, output_numpy=True):
-        n = images.shape[0]
-        if n < batch_size:
-            pad = batch_size - n
-            images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
-            labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
-        out = eval_net(Tensor(images), Tensor(labels), Tensor(n, ms.int32))
-        sums += [float(out[0].asnumpy()), float(out[1].asnumpy()), float(out[2].asnumpy()), n]
-        if steady_start is None:
-            steady_start = time.perf_counter()
-        else:
-            steady_images += n
+    with ema_weights(ema):
+        for images, labels in data.batches():
+            n = images.shape[0]
+            if n < batch_size:
+                pad = batch_size - n
+                images = np.concatenate([images, np.zeros((pad,) + images.shape[1:],
+                                                          images.dtype)])
+                labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
+            inputs = Tensor(images), Tensor(labels), Tensor(n, ms.int32)
+            if steady_start is None:
+                compile_cell(eval_net, *inputs, what="evaluation")
+            out = eval_net(*inputs)
+            sums[:4] += [float(out[0].asnumpy()), float(out[1].asnumpy()),
+                         float(out[2].asnumpy()), n]
+            if steady_start is None:
+                steady_start = time.perf_counter()
+            else:
+                steady_images += n
     end = time.perf_counter()
+    sums[4] = len(data.skipped)
     if distributed:
         sums = sum_over_ranks(sums).astype(np.float64)
     network.set_train(was_training)
@@ -101,7 +130,7 @@ def evaluate(eval_net, loader, batch_size, distributed=False):
         speed = steady_images / max(end - steady_start, 1e-9)
     else:
         speed = count / max(end - start, 1e-9)
-    return {
+    result = {
         "top1": 100.0 * sums[1] / max(count, 1),
         "top5": 100.0 * sums[2] / max(count, 1),
         "loss": sums[0] / max(count, 1),
@@ -109,3 +138,6 @@ def evaluate(eval_net, loader, batch_size, distributed=False):
         "images_per_s": speed,
         "seconds": end - start,
     }
+    if sums[4]:
+        result["bad_images_skipped"] = int(round(sums[4]))
+    return result

@@ -1,5 +1,7 @@
-"""What a run tells the user: the progress display, the epoch log line and ``metrics.jsonl``."""
+"""What a run tells the user: the log, the progress display, the epoch line and
+``metrics.jsonl``."""
 import json
+import logging
 import os
 import sys
 import time
@@ -7,9 +9,50 @@ import time
 from tqdm import tqdm
 
 from ..fileio import write_text
-from .setup import logger
 
-__all__ = ["Progress", "MetricsFile", "epoch_line", "duration"]
+__all__ = ["logger", "setup_logging", "log_run", "Progress", "MetricsFile", "epoch_line",
+           "duration"]
+
+logger = logging.getLogger("res2net_ms")
+
+
+def setup_logging(rank, log_file=None):
+    """Log lines on rank 0 only, to stdout and (for training) to ``train.log``."""
+    logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    stream = logging.StreamHandler(sys.stdout)
+    stream.setFormatter(fmt)
+    logger.addHandler(stream)
+    if log_file and rank == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)
+
+
+def log_run(args, network, data_info, group_size, steps_per_epoch, resumed=None):
+    """The run's first lines: where a resumed run stands, then what is trained on what."""
+    if resumed is not None:
+        logger.info("resumed from '%s': epoch %d done%s, global step %d, best top-1 %s",
+                    args.resume, resumed.epoch,
+                    f" and {resumed.step_in_epoch} steps of the next"
+                    if resumed.step_in_epoch else "", resumed.global_step,
+                    f"{resumed.best_top1:.2f}%" if resumed.best_top1 >= 0 else "n/a")
+        if resumed.global_step != resumed.epoch * steps_per_epoch + resumed.step_in_epoch:
+            logger.warning("warning: %d steps per epoch now, the checkpoint has %d steps after "
+                           "%d epochs: the learning-rate schedule shifts", steps_per_epoch,
+                           resumed.global_step, resumed.epoch)
+    trainable = sum(p.size for p in network.trainable_params())
+    logger.info("model %s (%d classes, %s trainable parameters) on %s, mode %s, amp %s, "
+                "%d rank(s); %d train / %s val images, %d steps per epoch, %d epochs",
+                args.model, args.num_classes, f"{trainable:,}", args.device_target,
+                "graph" if args.mode == 0 else "pynative", args.amp_level, group_size,
+                data_info["counts"][args.train_split],
+                data_info["counts"].get(args.val_split, "-"), steps_per_epoch, args.epoch_size)
 
 
 def duration(seconds):
@@ -60,26 +103,26 @@ class Progress:
         return (self.images_per_step * (global_step - self.base[1])
                 / max(time.perf_counter() - self.base[0], 1e-9))
 
-    def update(self, index, global_step, loss, lr, done):
-        """Called after a sync; ``done`` steps completed since the previous call."""
+    def update(self, index, global_step, loss, done, current_lr):
+        """Called after a sync; ``done`` steps completed since the previous call;
+        ``current_lr()`` is asked only when a line is shown (it waits for the device)."""
         self.last_sync = time.perf_counter()
         if self.base is None:
             self.base = (time.perf_counter(), global_step)
         speed = self.speed(global_step) or 0.0
-        eta = (self.total - global_step) * self.images_per_step / speed if speed else 0.0
+        eta = duration((self.total - global_step) * self.images_per_step / speed if speed
+                       else 0.0)
         if self.bar is not None:
-            self.bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.3g} img/s {speed:.1f} "
-                                     f"run eta {duration(eta)}")
+            self.bar.set_postfix_str(f"loss {loss:.4f} lr {current_lr():.3g} img/s "
+                                     f"{speed:.1f} run eta {eta}")
             self.bar.update(done)
+            if index == self.steps:
+                self.bar.close()
+                self.bar = None
         elif self.log_mode and (index % self.interval == 0 or index == self.steps):
             logger.info("epoch %d/%d step %d/%d loss %.4f lr %.6f img/s %.1f eta %s",
-                        self.epoch, self.epochs, index, self.steps, loss, lr, speed,
-                        duration(eta))
-
-    def end_epoch(self):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+                        self.epoch, self.epochs, index, self.steps, loss, current_lr(), speed,
+                        eta)
 
 
 class MetricsFile:

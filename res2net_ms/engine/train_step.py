@@ -1,13 +1,27 @@
-"""The compiled training step: loss, scaled gradients, reduction, clipping, update, EMA.
+"""The training step: loss, scaled gradients, reduction, clipping, update, EMA, built from the
+run's recipe (mixed precision, loss, learning-rate table, optimizer), as mindcv's
+``create_trainer``.
 
 One cell does the whole step so that graph mode compiles it once and the Python loop only
 feeds batches. Every piece of state it changes (loss scale, EMA weights, counters) is a
-Parameter, so a checkpoint of the cell's parameters is a complete training state.
+Parameter, so a checkpoint of :attr:`TrainParts.params` is a complete training state.
 """
+from dataclasses import dataclass, field
+
 import mindspore as ms
+import numpy as np
+from mindcv.loss import create_loss
+from mindcv.optim import create_optimizer
+from mindcv.scheduler import create_scheduler
+from mindcv.utils import amp as mindcv_amp
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
-__all__ = ["NetWithLoss", "EMA", "TrainStep"]
+from ..compile_cache import compile_cell
+from ..config import ConfigError
+from ..process import release_free_memory
+
+__all__ = ["NetWithLoss", "EMA", "TrainStep", "TrainParts", "build_train_step",
+           "mixed_precision", "state_parameters"]
 
 _unscale = ops.MultitypeFuncGraph("unscale")
 _ema_update = ops.MultitypeFuncGraph("ema_update")
@@ -173,3 +187,118 @@ class TrainStep(nn.Cell):
         else:
             loss = ops.depend(loss, self.optimizer.get_lr())  # the schedule advances per batch
         return loss, finite, scale
+
+
+def state_parameters(network, optimizer=None, train_step=None, ema=None):
+    """Every Parameter a training checkpoint must hold, without duplicates.
+
+    The learning-rate table is left out: it is rebuilt from the config, and the position in
+    it is the optimizer's ``global_step``.
+    """
+    params, seen = [], set()
+
+    def add(p):
+        if p.name not in seen:
+            seen.add(p.name)
+            params.append(p)
+
+    for p in network.get_parameters():
+        add(p)
+    if optimizer is not None:
+        skip = {id(p) for p in network.get_parameters()}
+        lr = getattr(optimizer, "learning_rate", None)
+        skip |= {id(p) for p in lr.get_parameters()} if isinstance(lr, nn.Cell) else {id(lr)}
+        for _, p in optimizer.parameters_and_names():
+            if id(p) not in skip:
+                add(p)
+    if train_step is not None:
+        add(train_step.scale_sense)
+        add(train_step.good_steps)
+        if train_step.accumulation_steps > 1:
+            for p in train_step.accum:
+                add(p)
+            add(train_step.micro_steps)
+    if ema is not None:
+        for p in ema.ema_weights:
+            add(p)
+        add(ema.updates)
+    return params
+
+
+@dataclass
+class TrainParts:
+    """What the epoch loop drives: the compiled step and the state a checkpoint holds."""
+
+    train_step: TrainStep
+    optimizer: object
+    ema: object
+    params: list
+    lr_values: np.ndarray
+    compiled: bool = field(default=False, init=False)
+
+    def step(self, images, labels):
+        """One training step. The first compiles the graph (or loads it from the compile
+        cache), then returns the compiler's freed heap to the system before the activations
+        are allocated (lower peak memory)."""
+        if not self.compiled:
+            compile_cell(self.train_step, images, labels, what="training step")
+            release_free_memory()
+            self.compiled = True
+        return self.train_step(images, labels)
+
+    def current_lr(self):
+        """The learning rate of the optimizer's last step, by its own step count (skipped
+        steps do not advance it). Reading it waits for the device."""
+        step = int(self.optimizer.global_step.asnumpy().reshape(-1)[0])
+        return float(self.lr_values[min(max(step - 1, 0), len(self.lr_values) - 1)])
+
+
+def mixed_precision(network, level, cast_list=None):
+    """mindcv's AMP levels; ``cast_list`` (e.g. ``"[nn.BatchNorm2d]"``) replaces mindcv's
+    white (O1) or black (O2) list. mindcv ``eval``s that text; here only ``nn.<Cell>``
+    names are accepted."""
+    if cast_list is None or level in ("O0", "O3"):
+        mindcv_amp.auto_mixed_precision(network, level)
+        return
+    names = [n.strip() for n in cast_list.strip().strip("[]()").split(",") if n.strip()]
+    cells = []
+    for name in names:
+        cell = getattr(nn, name[len("nn."):] if name.startswith("nn.") else name, None)
+        if not (isinstance(cell, type) and issubclass(cell, nn.Cell)):
+            raise ConfigError(f"amp_cast_list: '{name}' is not a mindspore.nn cell class")
+        cells.append(cell)
+    patch = mindcv_amp._auto_white_list if level == "O1" else mindcv_amp._auto_black_list
+    patch(network, tuple(cells))
+
+
+def build_train_step(args, network, steps_per_epoch, group_size):
+    """AMP, loss, learning-rate table, optimizer, EMA and the compiled :class:`TrainStep`."""
+    mixed_precision(network, args.amp_level, args.amp_cast_list)
+    loss_fn = create_loss(name=args.loss, label_smoothing=args.label_smoothing,
+                          reduction=args.reduction)
+    lr_table = create_scheduler(
+        steps_per_epoch, scheduler=args.scheduler, lr=args.lr, min_lr=args.min_lr,
+        warmup_epochs=args.warmup_epochs, warmup_factor=args.warmup_factor,
+        decay_epochs=args.decay_epochs, decay_rate=args.decay_rate,
+        milestones=args.multi_step_decay_milestones, num_epochs=args.epoch_size,
+        num_cycles=args.num_cycles, cycle_decay=args.cycle_decay,
+        lr_epoch_stair=args.lr_epoch_stair)
+    optimizer = create_optimizer(
+        network, opt=args.opt, lr=lr_table, weight_decay=args.weight_decay,
+        momentum=args.momentum, nesterov=args.use_nesterov,
+        weight_decay_filter=args.weight_decay_filter, layer_decay=args.layer_decay,
+        loss_scale=1.0, eps=args.eps)
+    ema = EMA(network, args.ema_decay) if args.ema else None
+    train_step = TrainStep(
+        NetWithLoss(network, loss_fn), optimizer, loss_scale=args.loss_scale,
+        dynamic_loss_scale=args.loss_scale_type == "dynamic",
+        scale_factor=args.loss_scale_factor, scale_window=args.scale_window,
+        skip_overflow=args.drop_overflow_update,
+        clip_norm=args.clip_value if args.clip_grad else 0.0, ema=ema,
+        distributed=group_size > 1, group_size=group_size,
+        accumulation_steps=args.gradient_accumulation_steps)
+    parts = TrainParts(train_step, optimizer, ema,
+                       state_parameters(network, optimizer, train_step, ema),
+                       np.asarray(lr_table, dtype=np.float64))
+    train_step.set_train(True)
+    return parts

@@ -1,26 +1,30 @@
 """Training and validation runs: what ``train.py`` and ``validate.py`` do.
 
 Training is a Python loop over the batches that calls one compiled training step; rank 0
-alone writes checkpoints, metrics and progress. Each part of a run lives in its own module:
-:mod:`.setup` (checks, context, network, step), :mod:`.loop` (one epoch),
-:mod:`.epoch_end` (validation, records, checkpoints) and :mod:`.reporting` (what is shown).
+alone writes checkpoints, metrics and progress. Each job of a run has its module, in the
+order a run meets them: :mod:`.setup` (device, seeds), :mod:`.settings` (every ``auto``
+resolved), :mod:`.preflight` (inputs checked), :mod:`.run_folder`, :mod:`.reporting` (what is
+shown), :mod:`.network`, :mod:`.train_step`, :mod:`.keeper` (which checkpoints),
+:mod:`.epoch_end` (validation, records, checkpoints), :mod:`.loop` (one epoch).
 """
+import dataclasses
 import os
 import time
 
-import mindspore as ms
-
-from ..config import config_to_yaml, resolve_model_defaults, save_config
-from ..data import DataError, TrainData, create_eval_loader
-from .checkpoint import CheckpointError, CheckpointKeeper
+from ..config import config_to_yaml
+from ..data import DataError, EvalData, TrainData
+from ..run_state import RunState, restore
 from .epoch_end import EpochEnd
 from .evaluation import EvalNet, evaluate
+from .keeper import CheckpointKeeper
 from .loop import run_epoch
-from .reporting import MetricsFile, Progress, duration
-from .setup import (RunState, build_network, build_train_step, check_inputs,
-                    clear_previous_run, load_start_weights, logger, mixed_precision,
-                    resume_state, seed_everything, setup_context, setup_logging,
-                    weights_source)
+from .network import create_network
+from .preflight import check_inputs
+from .reporting import Progress, duration, log_run, logger, setup_logging
+from .run_folder import prepare_run_folder
+from .settings import resolve_settings
+from .setup import setup_context
+from .train_step import build_train_step, mixed_precision
 
 __all__ = ["train", "validate"]
 
@@ -30,73 +34,48 @@ def train(args):
 
     Returns a summary: final and best validation metrics, steps, seconds and checkpoint paths.
     """
-    resolve_model_defaults(args)
-    data_info = check_inputs(args, for_training=True)
-    weights_path = None if args.resume else weights_source(args)
     rank, group_size = setup_context(args)
-    save_dir = args.ckpt_save_dir
+    notes = resolve_settings(args)
+    config_yaml = config_to_yaml(args)
+    plan = check_inputs(args)
     if rank == 0:
-        data_info["notes"] += clear_previous_run(args)
-    setup_logging(rank, os.path.join(save_dir, "train.log"))
-    for note in data_info["notes"]:
+        notes += prepare_run_folder(args, config_yaml)
+    setup_logging(rank, os.path.join(args.ckpt_save_dir, "train.log"))
+    for note in notes:
         logger.info(note)
     if args.dataset_sink_mode and args.device_target == "CPU":
         logger.info("dataset_sink_mode: MindSpore has no data sink on CPU; the loop feeds "
                     "the batches")
-    seed_everything(args.seed)
 
-    network = build_network(args)
-    model_name = network.default_cfg.name
-    load_start_weights(network, weights_path, model_name, prefix="fine-tune: ")
-    data = TrainData(args, data_info["samples"][args.train_split], rank, group_size)
+    network = create_network(args, plan.weights)
+    data = TrainData(args, plan.data["samples"][args.train_split], rank, group_size)
     if data.steps_per_epoch == 0:
-        raise DataError(f"no training batch: {data_info['counts'][args.train_split]} "
-                              f"images over {group_size} ranks at batch_size "
-                              f"{args.batch_size} with drop_remainder")
+        raise DataError(f"no training batch: {plan.data['counts'][args.train_split]} "
+                        f"images over {group_size} ranks at batch_size {args.batch_size} "
+                        f"with drop_remainder")
+    val_data = (EvalData(args, plan.data["samples"][args.val_split], rank, group_size)
+                if args.val_while_train else None)
     parts = build_train_step(args, network, data.steps_per_epoch, group_size)
-    state = (resume_state(args, parts.params, model_name, data.steps_per_epoch) if args.resume
-             else RunState())
-
-    if rank == 0:
-        save_config(args, os.path.join(save_dir, "config.yaml"))
-    _log_run(args, network, data_info, group_size, data.steps_per_epoch)
-    keeper = CheckpointKeeper(save_dir, model_name, args.ckpt_save_interval,
-                              args.keep_checkpoint_max, args.ckpt_save_policy)
-    metrics = MetricsFile(os.path.join(save_dir, "metrics.jsonl"), state.epoch, rank == 0)
+    state = dataclasses.replace(
+        plan.resumed or RunState(), model=network.default_cfg.name, config=config_yaml,
+        classes=list(plan.data["classes"]), has_ema=parts.ema is not None)
+    if plan.resumed:
+        restore(args.resume, parts.params, args.num_classes)
+    keeper = CheckpointKeeper(args.ckpt_save_dir, state.model, args.ckpt_save_interval,
+                              args.keep_checkpoint_max, args.ckpt_save_policy, rank == 0)
+    end_epoch = EpochEnd(args, network, parts, keeper, val_data, state, rank, group_size)
+    log_run(args, network, plan.data, group_size, data.steps_per_epoch, plan.resumed)
     progress = Progress(args, data.steps_per_epoch, data.steps_per_epoch * args.epoch_size,
                         rank == 0)
-    end_epoch = EpochEnd(args, network, parts, keeper, metrics, config_to_yaml(args),
-                         data_info, rank, group_size)
     run_start, first_epoch = time.perf_counter(), state.epoch
 
-    for epoch in range(first_epoch, args.epoch_size):
-        progress.start_epoch(epoch + 1, state.global_step)
+    while state.epoch < args.epoch_size:
+        progress.start_epoch(state.epoch + 1, state.global_step)
         epoch_start = time.perf_counter()
-        stats = run_epoch(parts, _step_outputs(args, parts, data, epoch, state.step_in_epoch),
-                          progress, state, args, lambda s: end_epoch.save_step(state, s))
-        progress.end_epoch()
-        end_epoch(epoch + 1, stats, state, epoch_start, data.skipped)
+        stats = run_epoch(args, parts, data, state, progress, keeper)
+        end_epoch(stats, state, epoch_start, data.skipped)
 
     return _finish(args, state, keeper, end_epoch, first_epoch, time.perf_counter() - run_start)
-
-
-def _step_outputs(args, parts, data, epoch, start_step):
-    """The outputs of the epoch's training steps from ``start_step`` on: the loop feeds the
-    batches, or, with ``dataset_sink_mode`` on Ascend/GPU, the device pulls them itself."""
-    if args.dataset_sink_mode and args.device_target != "CPU":
-        sink = ms.data_sink(parts.train_step, data.loader(epoch, start_step), sink_size=1)
-        return (sink() for _ in range(start_step, data.steps_per_epoch))
-    return (parts.step(images, labels) for images, labels in data.batches(epoch, start_step))
-
-
-def _log_run(args, network, data_info, group_size, steps_per_epoch):
-    trainable = sum(p.size for p in network.trainable_params())
-    logger.info("model %s (%d classes, %s trainable parameters) on %s, mode %s, amp %s, "
-                "%d rank(s); %d train / %s val images, %d steps per epoch, %d epochs",
-                args.model, args.num_classes, f"{trainable:,}", args.device_target,
-                "graph" if args.mode == 0 else "pynative", args.amp_level, group_size,
-                data_info["counts"][args.train_split],
-                data_info["counts"].get(args.val_split, "-"), steps_per_epoch, args.epoch_size)
 
 
 def _finish(args, state, keeper, end_epoch, first_epoch, seconds):
@@ -112,34 +91,31 @@ def _finish(args, state, keeper, end_epoch, first_epoch, seconds):
     return {"epochs": args.epoch_size, "global_step": state.global_step, "seconds": seconds,
             "best_top1": best, "best_epoch": state.best_epoch, "last_val": end_epoch.last_val,
             "ckpt_save_dir": args.ckpt_save_dir, "last": keeper.last,
-            "best": keeper.best if best is not None else None, "written": end_epoch.written}
+            "best": keeper.best if best is not None else None, "written": keeper.written}
 
 
 def validate(args):
     """Evaluate ``ckpt_path`` (or the official weights with ``pretrained``) on ``val_split``.
 
-    Returns ``{"top1", "top5", "loss", "images", "images_per_s", "seconds"}``.
+    Returns ``{"top1", "top5", "loss", "images", "images_per_s", "seconds"}`` (and
+    ``"bad_images_skipped"`` when undecodable files were left out).
     """
-    resolve_model_defaults(args)
-    data_info = check_inputs(args, for_training=False)
-    weights_path = weights_source(args)
-    if weights_path is None:
-        raise CheckpointError("nothing to evaluate: pass --ckpt_path (or --pretrained True)")
     rank, group_size = setup_context(args)
+    notes = resolve_settings(args, for_training=False)
+    plan = check_inputs(args, for_training=False)
     setup_logging(rank)
-    for note in data_info["notes"]:
+    for note in notes:
         logger.info(note)
-    seed_everything(args.seed)
-    network = build_network(args, for_training=False)
-    load_start_weights(network, weights_path, args.model, use_ema=args.ema)
+    network = create_network(args, plan.weights, for_training=False, use_ema=args.ema)
     mixed_precision(network, args.val_amp_level or args.amp_level, args.amp_cast_list)
-    samples = data_info["samples"][args.val_split]
-    result = evaluate(EvalNet(network, topk=min(5, args.num_classes)),
-                      create_eval_loader(args, samples, rank, group_size), args.batch_size,
+    data = EvalData(args, plan.data["samples"][args.val_split], rank, group_size)
+    result = evaluate(EvalNet(network, topk=min(5, args.num_classes)), data, args.batch_size,
                       distributed=group_size > 1)
     if rank == 0:
-        print(f"{args.model} {weights_path}{' (EMA)' if args.ema else ''} on "
+        skipped = result.get("bad_images_skipped")
+        print(f"{args.model} {plan.weights}{' (EMA)' if args.ema else ''} on "
               f"{os.path.join(args.data_dir, args.val_split)}: top-1: {result['top1']:.2f}% "
               f"top-5: {result['top5']:.2f}% loss: {result['loss']:.4f} "
-              f"images/s: {result['images_per_s']:.1f} ({result['images']} images)", flush=True)
+              f"images/s: {result['images_per_s']:.1f} ({result['images']} images"
+              f"{f', {skipped} undecodable skipped' if skipped else ''})", flush=True)
     return result

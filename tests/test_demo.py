@@ -1,0 +1,43 @@
+"""``make demo`` run a second time: the demo owns its run folder, so it trains afresh where
+train.py alone stops with "holds another run's checkpoints". The scripts run from another
+folder than the repository's, as a user's would."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DEMO, LIGHT, REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_second_demo_trains_afresh(digits_dir, tmp_path):
+    save_dir = tmp_path / "demo"
+    tiny = ["--epoch_size", "1", "--num_samples", "32", "--batch_size", "16"]
+
+    def run(*argv):
+        return subprocess.run([sys.executable, *argv], capture_output=True, text=True,
+                              cwd=str(tmp_path), timeout=900)
+
+    train = [os.path.join(REPO, "train.py"), "--config", DEMO, "--data_dir", digits_dir,
+             "--ckpt_save_dir", str(save_dir), *LIGHT, *tiny]
+    first = run(*train, "--val_while_train", "False")  # what a first demo leaves, quicker
+    assert first.returncode == 0 and (save_dir / "last.ckpt").is_file(), first.stderr[-3000:]
+    assert "epoch 1/1" in first.stdout and "Exception ignored" not in first.stderr
+    again = run(*train)
+    assert again.returncode == 2 and "holds another run's checkpoints" in again.stderr
+
+    demo = run("-m", "res2net_ms.demo", "--data_dir", digits_dir, "--ckpt_save_dir",
+               str(save_dir), "--progress_bar", "off", *tiny)
+    output = demo.stdout + demo.stderr
+    # 2 steps are under the demo's 97 % target: exit 1 after the top-1 line.
+    assert demo.returncode in (0, 1) and demo.stdout.splitlines()[-1].startswith("top-1: "), \
+        output[-4000:]
+    assert "removed the previous run's checkpoints" in output
+    with open(save_dir / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert len(rows) == 1 and rows[0]["val_images"] == 360  # the demo's epoch alone
+    assert sorted(n for n in os.listdir(save_dir) if n.endswith(".ckpt")) == [
+        "best.ckpt", "last.ckpt", "res2net50_26w_4s-e0001.ckpt"]
