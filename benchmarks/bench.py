@@ -4,39 +4,48 @@
 [--precision fp32] [--rounds 3] [--out benchmarks/bench.json]``
 
 ``--compile-profile`` instead splits the first step's graph compilation of ours and mindcv into
-MindSpore's compiler phases and passes (``benchmarks/compile_profile.json``).
+MindSpore's compiler phases and passes (``benchmarks/compile_profile.json``);
+``--end-to-end`` runs whole trainings and inferences over a folder of photos
+(``benchmarks/end_to_end.py``).
 
-Every implementation runs in a subprocess of its own (its own runtime, its own memory), and the
-subprocesses take turns over ``--rounds`` rounds, so a busy spell of a shared machine slows all
-of them alike; compare the ratios of one run. Each subprocess measures
+This driver imports neither framework, and every implementation runs in a subprocess of its
+own started with the shell's environment (``benchmarks/machine.py``: importing MindSpore would
+hold PyTorch to one thread in every child). The subprocesses take turns over ``--rounds``
+rounds, so a busy spell of a shared machine slows all of them; compare the ratios of one run.
+Each subprocess measures
 
-* **first step**: the first training step, graph compilation included (PyTorch: eager warm-up);
+* **first step**: the first training step, graph compilation included (PyTorch: eager
+  warm-up); ours compiles afresh here (``R2N_COMPILE_CACHE=0``), as mindcv does;
 * **train**: seconds per training step (forward, loss, backward, optimizer update);
 * **infer**: seconds per inference batch;
 * **peak RSS**: the process's peak resident memory once training has run.
 
-What runs: ours is the step ``train.py`` runs (``engine.setup.build_train_step`` ->
+What runs: ours is the step ``train.py`` runs (``engine.train_step.build_train_step`` ->
 ``TrainStep``, the default recipe options) and infers with BN folded into the convs
 (``fuse_bn``, as predict and export do); mindcv is its ``res2net50`` family under the step its
 ``train.py`` builds (``mindcv.utils.create_trainer``); PyTorch is timm's model, eager, with SGD.
-A large MatMul gives the machine's reachable GFLOP/s, to judge the effective rates.
+MindSpore's and PyTorch's MatMul (each in its own process) give the machine's reachable
+GFLOP/s. The machine's load and the CPU time other processes took during each worker are
+recorded; when the machine was not quiet the table gives no ratio to PyTorch, and says why.
 """
 import argparse
 import ctypes
 import json
 import os
-import platform
 import re
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import PackageNotFoundError, version
+from importlib.util import find_spec
+
+import machine
+from machine import busy, describe_rates, matmul_rates, report, result_of
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RESULT = "BENCH_RESULT "
 # Our zoo name -> the same network in mindcv (timm uses our names, or these aliases).
 MINDCV_NAMES = {"res2net50_26w_4s": "res2net50", "res2net101_26w_4s": "res2net101",
                 "res2net152_26w_4s": "res2net152", "res2net50_v1b_26w_4s": "res2net50_v1b",
@@ -46,6 +55,11 @@ TIMM_NAMES = {"res2net50_v1b_26w_4s": "res2net50d", "res2net101_v1b_26w_4s": "re
 TARGETS = {"train": ("torch", 0.9), "infer": ("torch", 0.7), "first": ("mindcv", 0.8),
            "rss": ("torch", 1.0)}
 AMP = {"fp32": "O0", "fp16": "O2"}
+# What a PyTorch worker reports of its environment: what importing MindSpore would change.
+ENVIRONMENT = ("OMP_NUM_THREADS", "LD_LIBRARY_PATH", "KMP_DUPLICATE_LIB_OK",
+               "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION")
+# Our first step is measured compiling, as mindcv's: the compile cache stays out of it.
+WORKER_ENV = {"ours": {"R2N_COMPILE_CACHE": "0"}, "compile_ours": {"R2N_COMPILE_CACHE": "0"}}
 
 
 # --------------------------------------------------------------------------- workers
@@ -101,12 +115,14 @@ def _ours_step(opts):
     """The step train.py runs, built as train.py builds it, and a batch for it."""
     import mindspore as ms
 
-    from res2net_ms.engine.setup import build_network, build_train_step, setup_context
+    from res2net_ms.engine.network import create_network
+    from res2net_ms.engine.setup import setup_context
+    from res2net_ms.engine.train_step import build_train_step
 
     args = _recipe_args(opts)
     setup_context(args)
     ms.set_seed(0)
-    parts = build_train_step(args, build_network(args), steps_per_epoch=1000, group_size=1)
+    parts = build_train_step(args, create_network(args), steps_per_epoch=1000, group_size=1)
     images, labels = (ms.Tensor(a) for a in _inputs(opts.batch, opts.size, opts.num_classes))
     return parts, images, labels
 
@@ -222,10 +238,12 @@ def worker_torch(opts):
     import timm
     import torch
 
-    args = _recipe_args(opts)
+    name = TIMM_NAMES.get(opts.model, opts.model)
+    if not timm.is_model(name):
+        return {"error": f"timm has no {name}"}
+    args = argparse.Namespace(**json.loads(opts.recipe))  # train.py's, from the MindSpore side
     torch.manual_seed(0)
-    model = timm.create_model(TIMM_NAMES.get(opts.model, opts.model),
-                              num_classes=opts.num_classes)
+    model = timm.create_model(name, num_classes=opts.num_classes)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay, nesterov=args.use_nesterov)
@@ -243,55 +261,41 @@ def worker_torch(opts):
         optimizer.step()
         return loss.item()
 
-    infer_model = timm.create_model(TIMM_NAMES.get(opts.model, opts.model),
-                                    num_classes=opts.num_classes).eval()
+    infer_model = timm.create_model(name, num_classes=opts.num_classes).eval()
 
     def infer_call():
         with torch.inference_mode(), autocast:
             return infer_model(images).float().numpy()
 
-    return _measure(train_call, infer_call, opts)
+    return {**_measure(train_call, infer_call, opts), "threads": torch.get_num_threads(),
+            "environment": {k: os.environ.get(k) for k in ENVIRONMENT}}
 
 
-def worker_matmul(opts):
-    """Reachable fp32 GFLOP/s (MindSpore and PyTorch MatMul) and the model's forward MACs."""
-    import mindspore as ms
-    import numpy as np
-    from mindspore import ops
-
+def worker_recipe(opts):
+    """What the other workers share, from the MindSpore side: the model's forward MACs per
+    image, train.py's optimizer and loss settings (for the PyTorch worker, which must not
+    import MindSpore) and the slow-MindSpore warning if it applies."""
     from res2net_ms.factory import create_model
+    from res2net_ms.process import warn_slow_mindspore
     from res2net_ms.summary import count_macs
 
-    n = opts.matmul_size
-    a = ms.Tensor(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
-    ops.matmul(a, a).asnumpy()
-    out = {"matmul_n": n,
-           "mindspore_gflops": 2 * n ** 3 / min(_timed(lambda: ops.matmul(a, a).asnumpy(), 5))
-           / 1e9}
-    try:
-        import torch
-
-        t = torch.from_numpy(a.asnumpy())
-        torch.matmul(t, t)
-        out["torch_gflops"] = 2 * n ** 3 / min(_timed(lambda: torch.matmul(t, t), 5)) / 1e9
-    except ImportError:
-        pass
     net = create_model(opts.model, num_classes=opts.num_classes)
     net.set_train(False)
     stages, head = count_macs(net, opts.size)
-    out["macs_per_image"] = sum(s["macs"] for s in stages) + head
-    return out
+    args = _recipe_args(opts)
+    return {"macs_per_image": sum(s["macs"] for s in stages) + head,
+            "recipe": {k: getattr(args, k) for k in ("lr", "momentum", "weight_decay",
+                                                     "use_nesterov", "label_smoothing")},
+            "warning": warn_slow_mindspore()}
 
 
 WORKERS = {"ours": worker_ours, "mindcv": worker_mindcv, "torch": worker_torch,
-           "matmul": worker_matmul, "compile_ours": worker_compile_ours,
+           "recipe": worker_recipe, "compile_ours": worker_compile_ours,
            "compile_mindcv": worker_compile_mindcv}
 
 
 # --------------------------------------------------------------------------- driver
 def versions():
-    from importlib.metadata import PackageNotFoundError, version
-
     found = {}
     for pkg in ("mindspore", "mindcv", "torch", "timm", "numpy"):
         try:
@@ -301,50 +305,27 @@ def versions():
     return found
 
 
-def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.platform(),
-            "python": platform.python_version(), "load_average": list(os.getloadavg())}
-
-
 def run_worker(kind, opts):
-    """One subprocess running worker ``kind``: its result dict, or {"error": ...}."""
+    """One subprocess running worker ``kind``: its result dict (or ``{"error": ...}``) with
+    the machine's state while it ran."""
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--model", opts.model,
            "--batch", str(opts.batch), "--size", str(opts.size), "--precision", opts.precision,
            "--steps", str(opts.steps), "--infer-steps", str(opts.infer_steps),
-           "--num-classes", str(opts.num_classes), "--matmul-size", str(opts.matmul_size)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=opts.timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {opts.timeout} s"}
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT):
-            return json.loads(line[len(RESULT):])
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-    return {"error": f"exit {proc.returncode}: {tail[0]}"}
+           "--num-classes", str(opts.num_classes), "--recipe", opts.recipe]
+    return result_of(*machine.run(cmd, opts.timeout, env=WORKER_ENV.get(kind)))
 
 
 def available(opts):
-    """The implementations this machine and model allow, and why the others are left out."""
+    """The implementations this machine and model allow, and why the others are left out
+    (found without importing them: this process stays free of both frameworks)."""
     impls, skipped = ["ours"], {}
     if opts.model in MINDCV_NAMES:
         impls.append("mindcv")
     else:
         skipped["mindcv"] = f"mindcv has no {opts.model}"
-    try:
-        import timm
-        import torch  # noqa: F401
-
-        if timm.is_model(TIMM_NAMES.get(opts.model, opts.model)):
-            impls.append("torch")
-        else:
-            skipped["torch"] = f"timm has no {opts.model}"
-    except ImportError:
+    if find_spec("torch") and find_spec("timm"):
+        impls.append("torch")
+    else:
         skipped["torch"] = "torch/timm not installed"
     return [i for i in impls if i in opts.impls], skipped
 
@@ -372,6 +353,7 @@ def collect(rounds):
             out[impl] = {"error": results[-1]["error"]}
             continue
         out[impl] = {
+            "runs": [r["machine"] for r in results if "machine" in r],
             "train": summarize([t for r in ok for t in r["train"]]),
             "infer": summarize([t for r in ok for t in r["infer"]]),
             "first": summarize([r["first"] for r in ok]),
@@ -382,12 +364,16 @@ def collect(rounds):
     return out
 
 
-def ratios(summary):
+def ratios(summary, not_quiet):
+    """ours / peer for each metric; none to PyTorch when the machine was not quiet."""
     ours = summary.get("ours", {})
     out = {}
     for peer in ("torch", "mindcv"):
         theirs = summary.get(peer, {})
         if "error" in ours or "error" in theirs or not theirs:
+            continue
+        if peer == "torch" and not_quiet:
+            out[peer] = {"withheld": not_quiet}
             continue
         out[peer] = {m: ours[m]["median"] / theirs[m]["median"]
                      for m in ("train", "infer", "first", "rss")}
@@ -422,6 +408,10 @@ def table(summary, rat, opts, flops):
                      f"| {_cell(s['first'], 's')} | {_cell(s['rss'], 'GB')} | "
                      + " | ".join(rates) + " |")
     for peer, r in rat.items():
+        if "withheld" in r:
+            lines.append(f"| ours / PyTorch | not given: the machine was busy ({r['withheld']}) "
+                         f"| | | | | |")
+            continue
         cells = []
         for m in ("train", "infer", "first", "rss"):
             target = TARGETS[m]
@@ -472,7 +462,60 @@ def compile_profile(opts):
     return {"rounds": [{"ours": o, "mindcv": m} for o, m in rounds]}
 
 
-def main(argv=None):
+def _print_round(r, impl, result):
+    msg = result.get("error") or (
+        f"first {result['first']:.2f} s, train {statistics.median(result['train']):.3f} s, "
+        f"infer {statistics.median(result['infer']):.3f} s, rss {result['rss'] / 1e9:.2f} GB")
+    share = result.get("machine", {}).get("others_share")
+    other = f" (others used {share:.0%} of the CPUs)" if share is not None else ""
+    print(f"  round {r + 1} {impl}: {msg}{other}", flush=True)
+
+
+def step_benchmark(opts):
+    """The side-by-side table of training and inference steps; the report to write."""
+    impls, skipped = available(opts)
+    vers, box = versions(), machine.machine()
+    print(f"{opts.model}, batch {opts.batch}, {opts.size} px, {opts.precision}, "
+          f"{opts.rounds} rounds x ({opts.steps} train + {opts.infer_steps} inference steps)")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in vers.items() if v))
+    print(f"machine: {box['cpu']}, {box['cores']} cores, load average "
+          f"{' '.join(f'{x:.2f}' for x in box['load_average'])}")
+    for impl, why in skipped.items():
+        print(f"left out: {impl} ({why})")
+    start = time.perf_counter()
+    rates = {"start": matmul_rates(opts.matmul_size)}
+    print("reachable fp32 at the start: " + describe_rates(rates["start"]))
+    recipe = run_worker("recipe", opts)
+    if "error" in recipe:
+        raise SystemExit(f"cannot build {opts.model}: {recipe['error']}")
+    if recipe.get("warning"):
+        print(recipe["warning"])
+    opts.recipe = json.dumps(recipe["recipe"])
+    rounds = {impl: [] for impl in impls}
+    for r in range(opts.rounds):
+        for impl in impls[r % len(impls):] + impls[:r % len(impls)]:
+            rounds[impl].append(run_worker(impl, opts))
+            _print_round(r, impl, rounds[impl][-1])
+    rates["end"] = matmul_rates(opts.matmul_size)
+    print("reachable fp32 at the end: " + describe_rates(rates["end"]))
+    summary = collect(rounds)
+    not_quiet = busy(box["load_average"][0],
+                     [m for i in ("ours", "torch") for m in summary.get(i, {}).get("runs", [])])
+    rat = ratios(summary, not_quiet)
+    flops = 2 * recipe["macs_per_image"] * opts.batch
+    print()
+    print(table(summary, rat, opts, flops))
+    print(f"\n{time.perf_counter() - start:.0f} s; load average now "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          + (f"not quiet: {not_quiet}" if not_quiet else "quiet throughout"))
+    return {"options": {k: v for k, v in vars(opts).items() if k != "worker"},
+            "versions": vers, "machine": box, "quiet": not_quiet is None,
+            "not_quiet": not_quiet, "skipped": skipped, "matmul": rates, "recipe": recipe,
+            "rounds": rounds, "summary": summary, "ratios": rat,
+            "targets": {m: {"peer": t[0], "max_ratio": t[1]} for m, t in TARGETS.items()}}
+
+
+def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="res2net50_26w_4s")
     p.add_argument("--batch", type=int, default=16)
@@ -489,75 +532,51 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(HERE, "bench.json"))
     p.add_argument("--compile-profile", action="store_true",
                    help="instead: where the first step's compile time goes, ours vs mindcv")
+    p.add_argument("--end-to-end", action="store_true",
+                   help="instead: whole runs over a folder of photos (benchmarks/end_to_end.py; "
+                        "its own options follow)")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    opts = p.parse_args(argv)
-    opts.impls = opts.impls.split(",")
+    p.add_argument("--recipe", default="{}", help=argparse.SUPPRESS)
+    return p
 
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--end-to-end" in argv:
+        import end_to_end
+
+        return end_to_end.main([a for a in argv if a != "--end-to-end"])
+    opts = parser().parse_args(argv)
+    opts.impls = opts.impls.split(",")
     if opts.worker:
-        print(RESULT + json.dumps(WORKERS[opts.worker](opts)), flush=True)
+        report(WORKERS[opts.worker](opts))
         return 0
     if opts.compile_profile:
         if opts.model not in MINDCV_NAMES:
             raise SystemExit(f"mindcv has no {opts.model}: nothing to compare the compile with")
-        report = {"options": vars(opts), "versions": versions(), **compile_profile(opts)}
-        write_json(opts.out.replace("bench.json", "compile_profile.json"), report)
+        box, rates = machine.machine(), matmul_rates(opts.matmul_size)
+        print(f"machine: {box['cpu']}, load average {box['load_average'][0]:.2f}; "
+              + describe_rates(rates))
+        write_json(opts.out.replace("bench.json", "compile_profile.json"),
+                   {"options": vars(opts), "versions": versions(), "machine": box,
+                    "matmul": rates, **compile_profile(opts)})
         return 0
-
-    impls, skipped = available(opts)
-    vers, box = versions(), machine()
-    print(f"{opts.model}, batch {opts.batch}, {opts.size} px, {opts.precision}, "
-          f"{opts.rounds} rounds x ({opts.steps} train + {opts.infer_steps} inference steps)")
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in vers.items() if v))
-    print(f"machine: {box['cpu']}, {box['cores']} cores, load average "
-          f"{' '.join(f'{x:.2f}' for x in box['load_average'])}")
-    from res2net_ms.process import warn_slow_mindspore
-
-    warn_slow_mindspore()
-    for impl, why in skipped.items():
-        print(f"left out: {impl} ({why})")
-    start = time.perf_counter()
-    peak = run_worker("matmul", opts)
-    if "error" in peak:
-        print(f"matmul: {peak['error']}")
-    else:
-        print(f"reachable fp32: MatMul {peak['matmul_n']}² {peak['mindspore_gflops']:.0f} "
-              f"GFLOP/s (MindSpore)" + (f", {peak['torch_gflops']:.0f} (PyTorch)"
-                                        if "torch_gflops" in peak else "")
-              + f"; model {peak['macs_per_image'] / 1e9:.2f} GMACs per image forward")
-    rounds = {impl: [] for impl in impls}
-    for r in range(opts.rounds):
-        order = impls[r % len(impls):] + impls[:r % len(impls)]
-        for impl in order:
-            result = run_worker(impl, opts)
-            rounds[impl].append(result)
-            msg = result.get("error") or (
-                f"first {result['first']:.2f} s, train {statistics.median(result['train']):.3f} s, "
-                f"infer {statistics.median(result['infer']):.3f} s, "
-                f"rss {result['rss'] / 1e9:.2f} GB")
-            print(f"  round {r + 1} {impl}: {msg}", flush=True)
-    summary = collect(rounds)
-    rat = ratios(summary)
-    flops = 2 * peak["macs_per_image"] * opts.batch if "macs_per_image" in peak else None
-    print()
-    print(table(summary, rat, opts, flops))
-    print(f"\n{time.perf_counter() - start:.0f} s; load average now "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    report = {"options": {k: v for k, v in vars(opts).items() if k != "worker"},
-              "versions": vers, "machine": box, "skipped": skipped, "matmul": peak,
-              "rounds": rounds, "summary": summary, "ratios": rat,
-              "targets": {m: {"peer": t[0], "max_ratio": t[1]} for m, t in TARGETS.items()}}
-    write_json(opts.out, report)
+    write_json(opts.out, step_benchmark(opts))
     return 0
 
 
-def write_json(path, report):
+def write_json(path, result):
+    """Written once every worker has run: importing the package imports MindSpore."""
     from res2net_ms.fileio import write_text
 
-    write_text(path, json.dumps(report, indent=1))
+    write_text(path, json.dumps(result, indent=1))
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    from res2net_ms.process import exit_process
+    code = main()
+    if "mindspore" in sys.modules:  # a MindSpore worker: without its exit noise
+        from res2net_ms.process import exit_process
 
-    exit_process(main())
+        exit_process(code)
+    sys.exit(code)

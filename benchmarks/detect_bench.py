@@ -1,108 +1,235 @@
-"""Seconds per image of Faster R-CNN R2-101-FPN at 800x1333: ours against mmdetection 3.3.0.
+"""Seconds per image of the five Res2Net detectors at 800x1333: ours against mmdetection 3.3.0,
+at batch 1 and batch 4.
 
-``python benchmarks/detect_bench.py [--runs 3]``: one photo (scikit-learn's, cropped to 3:5 so
-that it is resized to exactly 800x1333), the same random weights in both (mmdet's detector
-randomised as in the parity test, saved as an mmdetection checkpoint and read by ours). Prints
-the first call (ours: graph compilation), the medians of ``--runs`` rounds in which the two
-alternate (so that both see the same load of a shared machine), their ratio, and where our
-time goes. Needs the test extra and ``tests/requirements-mmdet.txt``.
+``python benchmarks/detect_bench.py [--detectors faster_rcnn_r2_101_fpn ...] [--runs 2]
+[--batch-sizes 1 4] [--out benchmarks/detect_bench.json]``
+
+This driver imports neither framework: each implementation runs in a subprocess of its own,
+started with the environment of the shell (importing MindSpore sets ``OMP_NUM_THREADS=1`` in
+its process, which would hold PyTorch to one thread in any child). Per detector the mmdetection
+worker builds the full-size detector, gives it random weights that make every head work
+(``tests/mmdet_reference.randomise``, measured on a small copy of the photos) and saves them as
+an mmdetection checkpoint; our worker reads that checkpoint. Both then run photos resized to
+exactly 800x1333 (scikit-learn's, cropped to 3:5): the first call (ours: graph compilation),
+then ``--runs`` timed calls of each batch size, four different photos per batch of four.
+Printed: medians of seconds per image and their ratio, the machine (CPU, load average before
+each worker; a ratio measured while the load average was above ``--busy-load`` is marked), and
+how many of mmdetection's detections of the first photo ours found (same label, IoU >= 0.99,
+score within 1e-3): the full-size check of the parity the tests prove at small sizes.
+Needs the test extra and ``tests/requirements-mmdet.txt``.
 """
 import argparse
+import json
 import os
+import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
-import numpy as np
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tests"))
+RESULT = "DETECT_BENCH_RESULT "
+DETECTORS = ("faster_rcnn_r2_101_fpn", "mask_rcnn_r2_101_fpn", "cascade_rcnn_r2_101_fpn",
+             "cascade_mask_rcnn_r2_101_fpn", "htc_r2_101_fpn")
 
 
-def seconds(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def alternate(first, second, runs):
-    """First calls, then ``runs`` rounds of one call each (so that both see the same load of a
-    shared machine): medians and the median of the per-round ratios second / first."""
-    warm = (seconds(first), seconds(second))
-    rounds = [(seconds(first), seconds(second)) for _ in range(runs)]
-    return (warm, statistics.median(a for a, _ in rounds), statistics.median(b for _, b in rounds),
-            statistics.median(b / a for a, b in rounds))
-
-
-def stage_times(detector, image):
-    """Seconds of each part of one of our predictions (after compilation)."""
-    from res2net_ms.det.preprocess import preprocess
-
-    marks = [("preprocess", time.perf_counter())]
-    batch, meta = preprocess(image, detector.scale)
-    marks.append(("backbone+FPN+RPN head (graph)", time.perf_counter()))
-    feats, scores, deltas = detector.forward_dense(batch)
-    marks.append(("proposals (anchors, decode, NMS)", time.perf_counter()))
-    boxes, _ = detector.proposals(scores, deltas, meta.img_shape)
-    rois = np.concatenate([np.zeros((len(boxes), 1), np.float32), boxes], axis=1)
-    marks.append(("RoIAlign (host numpy)", time.perf_counter()))
-    roi_feats = detector.roi_head.bbox_roi_extractor(feats, rois)
-    marks.append(("box head (graph)", time.perf_counter()))
-    detector.roi_head.forward_box_head(roi_feats)
-    marks.append(("whole second stage incl. per-class NMS", time.perf_counter()))
-    detector.roi_head.predict(feats, boxes, meta.img_shape, meta.scale_factor)
-    marks.append(("end", time.perf_counter()))
-    return [(name, marks[i + 1][1] - t) for i, (name, t) in enumerate(marks[:-1])]
-
-
-def main():
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--runs", type=int, default=3)
-    args = p.parse_args()
-    import mindspore as ms
-    import torch
+# --------------------------------------------------------------------------- workers
+def photos():
+    """Four different RGB photos of 384x640 (3:5): resized by both to exactly 800x1333."""
+    import numpy as np
     from sklearn.datasets import load_sample_image
 
+    china, flower = load_sample_image("china.jpg"), load_sample_image("flower.jpg")
+    crops = [china[:384], china[-384:, ::-1], flower[:384], flower[-384:, ::-1]]
+    return [np.ascontiguousarray(c) for c in crops]
+
+
+def timed(fn, runs):
+    """Seconds of the first call, then of each of ``runs`` calls."""
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return first, times
+
+
+def boxes_of(boxes, scores, labels):
+    """The first photo's detections, as JSON."""
+    return dict(boxes=boxes.tolist(), scores=scores.tolist(), labels=labels.tolist())
+
+
+def agreement(theirs, ours):
+    """Of mmdetection's detections of the first photo, the fraction we found with the same
+    label, IoU >= 0.99 and a score within 1e-3 (at full size, a check of the benchmark's own)."""
+    import numpy as np
+
+    ref, mine = (np.asarray(d["boxes"], np.float64).reshape(-1, 4) for d in (theirs, ours))
+    if len(ref) == 0:
+        return 1.0
+    if len(mine) == 0:
+        return 0.0
+    lt = np.maximum(ref[:, None, :2], mine[None, :, :2])
+    rb = np.minimum(ref[:, None, 2:], mine[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area = lambda b: np.prod(b[:, 2:] - b[:, :2], axis=1)  # noqa: E731
+    iou = inter / np.maximum(area(ref)[:, None] + area(mine)[None] - inter, 1e-12)
+    iou *= np.asarray(theirs["labels"])[:, None] == np.asarray(ours["labels"])[None]
+    best = iou.argmax(axis=1)
+    close = np.abs(np.asarray(ours["scores"])[best] - np.asarray(theirs["scores"])) <= 1e-3
+    return float(np.mean((iou.max(axis=1) >= 0.99) & close))
+
+
+def measure(predict, images, opts):
+    """{batch size: {first, per_image (one per run)}} for a ``predict(list of images)``."""
+    out = {}
+    for size in opts.batch_sizes:
+        batch = images[:size]
+        first, times = timed(lambda: predict(batch), opts.runs)
+        out[str(size)] = dict(first=first, per_image=[t / size for t in times])
+    return out
+
+
+def worker_mmdet(opts):
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    import torch
     import mmdet_reference
-    from res2net_ms.det import coco_classes, create_detector
+
+    from res2net_ms.det import coco_classes, get_detector_config
 
     if mmdet_reference.import_mmdet() is None:
-        sys.exit("mmdetection is not installed: pip install --no-deps -r "
-                 "tests/requirements-mmdet.txt")
-    torch.set_num_threads(os.cpu_count() or 1)
-    image = np.ascontiguousarray(load_sample_image("china.jpg")[:384])  # 384x640 -> 800x1333
-    cfg = mmdet_reference.faster_rcnn_config()
+        raise SystemExit("mmdetection is not installed: pip install --no-deps -r "
+                         "tests/requirements-mmdet.txt")
+    images = photos()
+    name = get_detector_config(opts.detector).mmdet_config
+    cfg = mmdet_reference.detector_config(name)
     model = mmdet_reference.build_detector(cfg)
-    batch = mmdet_reference.pipeline_inputs(cfg, image)
-    mmdet_reference.randomise(model, batch)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "faster_rcnn_r2_101_fpn_random.pth")
-        torch.save({"meta": {"dataset_meta": {"classes": coco_classes()}},
-                    "state_dict": model.state_dict()}, path)
-        ours = create_detector("faster_rcnn_r2_101_fpn", checkpoint_path=path)
-    print(f"image {image.shape[1]}x{image.shape[0]} -> network input "
-          f"{tuple(batch['inputs'][0].shape[1:])} (padded to 32: 800x1344); "
-          f"{os.cpu_count()} CPU threads", flush=True)
+    small = mmdet_reference.detector_config(name, scale=(320, 192))
+    mmdet_reference.randomise(model, mmdet_reference.pipeline_inputs(small, images[0]))
+    torch.save({"meta": {"dataset_meta": {"classes": coco_classes()}},
+                "state_dict": model.state_dict()}, opts.weights)
 
-    def reference():
+    def predict(batch):
+        inputs = [mmdet_reference.pipeline_inputs(cfg, image) for image in batch]
+        data = {"inputs": [i["inputs"][0] for i in inputs],
+                "data_samples": [i["data_samples"][0] for i in inputs]}
         with torch.no_grad():
-            return model.test_step(mmdet_reference.pipeline_inputs(cfg, image))
+            return model.test_step(data)
 
-    (ref_first, our_first), ref_median, our_median, ratio = alternate(
-        reference, lambda: ours.predict(image), args.runs)
-    ref_boxes, our_boxes = len(reference()[0].pred_instances), len(ours.predict(image).boxes)
-    print(f"mmdetection 3.3.0 (PyTorch {torch.__version__}, eager): first {ref_first:.2f} s, "
-          f"median {ref_median:.2f} s/image ({ref_boxes} boxes)")
-    print(f"res2net_ms (MindSpore {ms.__version__}, graph + host numpy): first {our_first:.2f} s "
-          f"(compiles), median {our_median:.2f} s/image ({our_boxes} boxes)")
-    print(f"ours / mmdetection: {ratio:.2f} (median over {args.runs} alternating rounds)")
-    for name, took in stage_times(ours, image):
-        print(f"  ours, {name}: {took:.3f} s")
+    found = predict(images[:1])[0].pred_instances
+    return dict(times=measure(predict, images, opts), detections=boxes_of(
+        found.bboxes.numpy(), found.scores.numpy(), found.labels.numpy()),
+                threads=torch.get_num_threads(), version=f"PyTorch {torch.__version__}")
+
+
+def worker_ours(opts):
+    import mindspore as ms
+
+    from res2net_ms.det import create_detector
+
+    images = photos()
+    detector = create_detector(opts.detector, checkpoint_path=opts.weights)
+
+    def predict(batch):
+        return detector.predict(batch, batch_size=len(batch))
+
+    found = predict(images[:1])[0]
+    return dict(times=measure(predict, images, opts),
+                detections=boxes_of(found.boxes, found.scores, found.labels),
+                version=f"MindSpore {ms.__version__}")
+
+
+# --------------------------------------------------------------------------- driver
+def load_average():
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def run_worker(kind, detector, weights, opts):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--detector", detector,
+           "--weights", weights, "--runs", str(opts.runs), "--batch-sizes",
+           *map(str, opts.batch_sizes)]
+    load = load_average()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=dict(os.environ),
+                          timeout=opts.timeout)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]
+    if proc.returncode or not lines:
+        tail = " ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        return dict(error=f"{kind} worker failed: {tail[-400:]}", load=load)
+    return dict(json.loads(lines[-1][len(RESULT):]), load=load)
+
+
+def row(detector, mmdet, ours, size, busy_load):
+    if "error" in mmdet or "error" in ours:
+        return f"| {detector} | b{size} | {mmdet.get('error') or ours.get('error')} |"
+    theirs = statistics.median(mmdet["times"][size]["per_image"])
+    mine = statistics.median(ours["times"][size]["per_image"])
+    busy = max(mmdet["load"], ours["load"]) > busy_load
+    ratio = f"{mine / theirs:.2f}" + (" (busy)" if busy else "")
+    same = agreement(mmdet["detections"], ours["detections"])
+    count = len(mmdet["detections"]["boxes"])
+    return (f"| {detector} | {size} | {theirs:.2f} | {mine:.2f} | {ratio} | "
+            f"{ours['times'][size]['first']:.1f} | {same:.0%} of {count} |")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--detectors", nargs="+", default=DETECTORS, choices=DETECTORS)
+    p.add_argument("--runs", type=int, default=2, help="timed calls per batch size")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=(1, 4))
+    p.add_argument("--busy-load", type=float, default=0.5,
+                   help="1-minute load average above which a ratio is marked busy")
+    p.add_argument("--timeout", type=int, default=3600, help="seconds per worker")
+    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "detect_bench.json"))
+    p.add_argument("--worker", choices=("mmdet", "ours"), help=argparse.SUPPRESS)
+    p.add_argument("--detector", help=argparse.SUPPRESS)
+    p.add_argument("--weights", help=argparse.SUPPRESS)
+    opts = p.parse_args(argv)
+    if opts.worker:
+        result = (worker_mmdet if opts.worker == "mmdet" else worker_ours)(opts)
+        print(RESULT + json.dumps(result), flush=True)
+        return 0
+    report = dict(cpu=cpu_model(), cores=os.cpu_count(), date=time.strftime("%Y-%m-%d %H:%M"),
+                  detectors={})
+    print(f"{report['cpu']}, {report['cores']} cores; load average {load_average():.2f}")
+    lines = ["| detector | batch | mmdetection s/image | ours s/image | ours / mmdetection | "
+             "ours first call (s) | same boxes |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for detector in opts.detectors:
+            weights = os.path.join(tmp, f"{detector}.pth")
+            mmdet = run_worker("mmdet", detector, weights, opts)
+            ours = run_worker("ours", detector, weights, opts) if "error" not in mmdet else \
+                dict(error="skipped: no weights", load=float("nan"))
+            report["detectors"][detector] = dict(mmdet=mmdet, ours=ours)
+            for size in map(str, opts.batch_sizes):
+                lines.append(row(detector, mmdet, ours, size, opts.busy_load))
+                print(lines[-1], flush=True)
+    print("\n".join([""] + lines))
+    with open(opts.out, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"wrote {opts.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    from res2net_ms.process import exit_process
+    code = main()
+    if "--worker" in sys.argv:
+        from res2net_ms.process import exit_process  # MindSpore's exit noise, ours only
 
-    main()
-    exit_process(0)
+        exit_process(code)
+    sys.exit(code)
