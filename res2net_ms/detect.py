@@ -1,63 +1,51 @@
-"""Command line: ``python -m res2net_ms.detect IMAGE_OR_FOLDER --ckpt_path X --out boxes.json
---show out.png [--score-thr 0.3]`` with mmdetection's Faster R-CNN R2-101-FPN."""
+"""Command line: ``python -m res2net_ms.detect IMAGE_OR_FOLDER --detector htc_r2_101_fpn
+--ckpt_path X --out results.json --show drawn/ [--batch-size 4] [--score-thr 0.3]`` with
+mmdetection's Res2Net detectors."""
 import argparse
 import io
 import json
 import os
 
-import numpy as np
-
-from .data import ImageError, bad_images, read_rgb
-from .det import create_detector, list_detectors
+from .data import ImageError, bad_images
+from .det.cli import (add_detector_arguments, check_detector_args, detector_from_args,
+                      run_command)
+from .det.coco import category_ids, to_coco_results
 from .det.draw import draw_detections
+from .det.preprocess import load_image
 from .fileio import write_bytes, write_text
 from .inference import find_images
-from .process import exit_process, fail, warn_slow_mindspore
+from .process import exit_process
 
 
 def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m res2net_ms.detect",
-        description="Detect COCO objects with a Res2Net detector (mmdetection's checkpoints, "
-                    "read directly, or a converted .ckpt); write the boxes as JSON and draw them.")
+        description="Detect COCO objects (boxes, and masks with the mask detectors) with a "
+                    "Res2Net detector (mmdetection's checkpoints, read directly, or a converted "
+                    ".ckpt); write them as COCO result JSON and draw them.")
     p.add_argument("images", help="an image, or a folder of images")
-    p.add_argument("--ckpt_path", required=True,
-                   help="mmdetection checkpoint (.pth, e.g. faster_rcnn_r2_101_fpn_2x_coco-"
-                        "175f1da6.pth) or a .ckpt written by res2net_ms.det.convert_detector")
-    p.add_argument("--model", default="faster_rcnn_r2_101_fpn", choices=list_detectors())
-    p.add_argument("--out", help="JSON file for the detections")
-    p.add_argument("--show", help="image with the boxes drawn (for a folder: a folder)")
-    p.add_argument("--score-thr", type=float, default=0.3,
-                   help="keep boxes scoring above this (default 0.3; the detector's own floor "
-                        "is 0.05)")
-    p.add_argument("--scale", type=int, nargs=2, default=(1333, 800), metavar=("LONG", "SHORT"),
-                   help="resize images to fit LONG x SHORT, keeping the ratio (mmdetection: "
-                        "1333 800)")
+    add_detector_arguments(p, score_thr=0.3, score_help=" (default 0.3; the detector's own "
+                                                        "floor is 0.05, HTC's 0.001)")
+    p.add_argument("--out", help="COCO result JSON of the detections (boxes x, y, w, h; masks "
+                                 "as RLE; image ids: the file names' numbers when they all "
+                                 "are, as COCO's, else 1, 2, ... in file order)")
+    p.add_argument("--show", help="image with the detections drawn (for a folder: a folder)")
     return p
 
 
-def read_image(path):
-    """An RGB uint8 array, turned upright as its EXIF orientation says (as OpenCV reads it)."""
-    return np.asarray(read_rgb(path, exif_transpose=True))
-
-
 def check_args(args):
-    if not 0.0 <= args.score_thr <= 1.0:
-        raise ValueError(f"--score-thr must be within 0..1, got {args.score_thr}")
-    if min(args.scale) < 32:
-        raise ValueError(f"--scale must be at least 32 32, got {' '.join(map(str, args.scale))}")
-    if not os.path.isfile(args.ckpt_path):
-        raise FileNotFoundError(f"checkpoint not found: '{args.ckpt_path}'")
+    check_detector_args(args)
     if not args.out and not args.show:
         raise ValueError("nothing to write: give --out and/or --show")
 
 
-def to_json(path, image, result):
-    return {"file": os.path.basename(path), "width": image.shape[1], "height": image.shape[0],
-            "detections": [{"box": [round(float(v), 2) for v in box], "score": round(float(s), 4),
-                            "label": int(label), "name": str(name)}
-                           for box, s, label, name in zip(result.boxes, result.scores,
-                                                          result.labels, result.names)]}
+def image_ids(files):
+    """COCO image ids: the numbers the file names are (COCO's ``000000397133.jpg``) when they
+    all are, otherwise 1, 2, ... in the order of the files."""
+    stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
+    if all(s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems):
+        return [int(s) for s in stems]
+    return list(range(1, len(files) + 1))
 
 
 def show_path(args, path, folder_input):
@@ -76,38 +64,33 @@ def encode_image(canvas, path):
 
 def run(args):
     check_args(args)
-    warn_slow_mindspore()
     files = find_images(args.images)
     folder_input = os.path.isdir(args.images)
     for path, problem in bad_images(files)[:1]:  # every file is checked before the model
         raise ImageError(f"{path}: not a readable image ({problem})")
-    detector = create_detector(args.model, checkpoint_path=args.ckpt_path,
-                               scale=tuple(args.scale))
-    records = []
-    for path in files:
-        image = read_image(path)
-        result = detector.predict(image, score_thr=args.score_thr)
-        records.append(to_json(path, image, result))
+    detector = detector_from_args(args)
+    ids, labels_to_ids = image_ids(files), category_ids(detector.class_names)
+    records = [[] for _ in files]
+    for index, result in detector.predict_iter(files, args.batch_size, args.score_thr):
+        path = files[index]
         summary = ", ".join(f"{n} {s:.2f}" for n, s in zip(result.names[:5], result.scores[:5]))
-        print(f"{path}: {len(result.boxes)} boxes" + (f" ({summary}, ...)" if summary else ""))
+        print(f"{path}: {len(result.boxes)} detections" + (f" ({summary}, ...)" if summary
+                                                            else ""))
+        if args.out:
+            records[index] = to_coco_results([result], [ids[index]], labels_to_ids)
         if args.show:
             target = show_path(args, path, folder_input)
-            write_bytes(target, encode_image(draw_detections(image, result), target))
+            drawn = draw_detections(load_image(path), result)
+            write_bytes(target, encode_image(drawn, target))
             print(f"wrote {target}")
     if args.out:
-        write_text(args.out, json.dumps({"model": args.model, "checkpoint": args.ckpt_path,
-                                         "score_thr": args.score_thr, "images": records},
-                                        indent=1) + "\n")
-        print(f"wrote {args.out}")
+        flat = [record for image_records in records for record in image_records]
+        write_text(args.out, json.dumps(flat) + "\n")
+        print(f"wrote {args.out} ({len(flat)} detections in COCO's result format)")
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, OSError) as exc:
-        return fail(exc)
-    return 0
+    return run_command(build_parser, run, argv)
 
 
 if __name__ == "__main__":

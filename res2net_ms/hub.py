@@ -1,7 +1,8 @@
 """Pretrained weights: the official PyTorch file downloaded once, checked, converted and cached.
 
-``create_model(name, pretrained=True)`` and ``--pretrained True`` end here. The official file
-(``get_model_config(name).url``, or the same name under ``$R2N_WEIGHTS_URL``) is streamed to a
+``create_model(name, pretrained=True)``, ``--pretrained True`` and
+``create_detector(name, pretrained=True)`` end here. The official file (the registry's
+``url``, or the same name under ``$R2N_WEIGHTS_URL``) is streamed to a
 temporary file in the cache folder with a progress bar and a timeout; its sha256 must begin
 with the hex digits in its name (torch.hub's rule, which the official and timm names follow);
 it is converted in memory and only the converted MindSpore ``.ckpt`` is cached, written
@@ -36,7 +37,7 @@ except ImportError:  # Windows: one process per machine downloads anyway
     fcntl = None
 
 __all__ = ["ENV_CACHE_DIR", "ENV_WEIGHTS_URL", "WeightsError", "cache_folder", "download",
-           "hash_prefix", "pretrained_path", "weights_url"]
+           "fetch_converted", "hash_prefix", "pretrained_path", "weights_url"]
 
 ENV_WEIGHTS_URL = "R2N_WEIGHTS_URL"
 ENV_CACHE_DIR = "R2N_CACHE_DIR"
@@ -56,10 +57,11 @@ def cache_folder(cache_dir=None):
     return os.path.abspath(os.path.expanduser(os.fspath(folder)))
 
 
-def weights_url(cfg):
-    """Where the official file of ``cfg`` is fetched from (``$R2N_WEIGHTS_URL`` first)."""
+def weights_url(weights, url):
+    """Where the published file ``weights`` is fetched from: ``$R2N_WEIGHTS_URL`` (a mirror
+    holding it under its name) first, else ``url``."""
     base = os.environ.get(ENV_WEIGHTS_URL)
-    return base.rstrip("/") + "/" + urllib.parse.quote(cfg.weights) if base else cfg.url
+    return base.rstrip("/") + "/" + urllib.parse.quote(weights) if base else url
 
 
 def hash_prefix(filename):
@@ -152,18 +154,19 @@ def _sha256(path):
     return digest.hexdigest()
 
 
-def _fetch_and_convert(cfg, target, timeout, progress):
-    """Get the official file (put in the cache folder by hand, or downloaded), check its
-    hash, convert it into ``target``; a downloaded file is removed whatever happens."""
+def _fetch_and_convert(weights, url, convert, target, timeout, progress):
+    """Get the published file ``weights`` (put in the cache folder by hand, or downloaded
+    from ``url``), check its hash, ``convert(file, target)`` it; a downloaded file is removed
+    whatever happens."""
     folder = os.path.dirname(target)
-    by_hand = os.path.join(folder, cfg.weights)
+    by_hand = os.path.join(folder, weights)
     if os.path.isfile(by_hand) and os.path.getsize(by_hand) > 0:
-        _check_hash(cfg.weights, _sha256(by_hand), by_hand,
+        _check_hash(weights, _sha256(by_hand), by_hand,
                     "the file is corrupt or not the official one: delete it and fetch it again")
-        _convert(by_hand, cfg, target)
+        _convert(convert, by_hand, weights, target)
         return
-    url = weights_url(cfg)
-    part = os.path.join(folder, f".{cfg.weights}{TEMP_MARK}{os.getpid()}")
+    url = weights_url(weights, url)
+    part = os.path.join(folder, f".{weights}{TEMP_MARK}{os.getpid()}")
     _logger.info("downloading %s", url)
     try:
         try:
@@ -171,20 +174,19 @@ def _fetch_and_convert(cfg, target, timeout, progress):
         except WeightsError as exc:
             raise WeightsError(f"{exc}: fetch it yourself and put it at {by_hand} (or set "
                                f"{ENV_WEIGHTS_URL} to a mirror), then run again") from None
-        _check_hash(cfg.weights, digest, url,
+        _check_hash(weights, digest, url,
                     "the download is corrupt or not the official file; nothing was cached")
-        _convert(part, cfg, target)
+        _convert(convert, part, weights, target)
     finally:
         _remove(part)
 
 
-def _convert(source, cfg, target):
+def _convert(convert, source, weights, target):
     try:
-        _, report = convert_checkpoint(source, cfg.name, out=target)
+        report = convert(source, target)
     except ValueError as exc:
-        raise WeightsError(f"{cfg.weights} does not convert to {cfg.name}: "
-                           f"{' '.join(str(exc).split())}") from None
-    _logger.info("converted %s (%d tensors) into %s", cfg.weights, report.mapped, target)
+        raise WeightsError(f"{weights} does not convert: {' '.join(str(exc).split())}") from None
+    _logger.info("converted %s (%d tensors) into %s", weights, report.mapped, target)
 
 
 def _remove(path):
@@ -213,10 +215,7 @@ def pretrained_path(model_name, cache_dir=None, timeout=60.0, progress=True,
 
     Args:
         model_name: a zoo name or alias.
-        cache_dir: cache folder (default ``$R2N_CACHE_DIR`` or ``~/.cache/res2net_ms``).
-        timeout: seconds the download may stall before it is given up.
-        progress: show a progress bar (on a terminal).
-        wait_timeout: seconds ranks other than 0 wait for rank 0's download under msrun.
+        Others: as :func:`fetch_converted`.
 
     Raises :class:`WeightsError` (one line) when the model has no published weights, the
     file cannot be downloaded (the message says which file to fetch and where to put it), or
@@ -227,8 +226,30 @@ def pretrained_path(model_name, cache_dir=None, timeout=60.0, progress=True,
         where = cfg.extra.get("weights_note", "")
         raise WeightsError(f"{cfg.name} has no downloadable weights{' ' + where if where else ''}"
                            f": train it, or pass a checkpoint file")
+
+    def convert(source, target):
+        return convert_checkpoint(source, cfg.name, out=target)[1]
+
+    return fetch_converted(cfg.weights, cfg.url, convert, cache_dir, timeout, progress,
+                           wait_timeout)
+
+
+def fetch_converted(weights, url, convert, cache_dir=None, timeout=60.0, progress=True,
+                    wait_timeout=3600.0):
+    """The cached MindSpore ``.ckpt`` of the published file ``weights``, made on first use.
+
+    Args:
+        weights: the published file's name (``<name>-<sha256 prefix>.<ext>``).
+        url: where it is published.
+        convert: ``convert(file, target)`` writes the ``.ckpt`` and returns the conversion
+            report.
+        cache_dir: cache folder (default ``$R2N_CACHE_DIR`` or ``~/.cache/res2net_ms``).
+        timeout: seconds the download may stall before it is given up.
+        progress: show a progress bar (on a terminal).
+        wait_timeout: seconds ranks other than 0 wait for rank 0's download under msrun.
+    """
     folder = cache_folder(cache_dir)
-    target = os.path.join(folder, os.path.splitext(cfg.weights)[0] + ".ckpt")
+    target = os.path.join(folder, os.path.splitext(weights)[0] + ".ckpt")
     if _usable(target):
         return target
     rank = _rank()
@@ -243,5 +264,5 @@ def pretrained_path(model_name, cache_dir=None, timeout=60.0, progress=True,
         if not _usable(target):
             if os.path.exists(target):
                 _logger.info("%s is unreadable: making it again", target)
-            _fetch_and_convert(cfg, target, timeout, progress)
+            _fetch_and_convert(weights, url, convert, target, timeout, progress)
     return target

@@ -1,8 +1,11 @@
-"""The detector's own ops against torchvision's: RoIAlign (aligned, adaptive sampling) and
-batched NMS, on many random cases and on the edge cases where MindSpore's ops differ."""
+"""The detectors' own ops against their references: RoIAlign (aligned, adaptive sampling) and
+batched NMS against torchvision, on many random cases and on the edge cases where MindSpore's
+ops differ; mask pasting against mmdetection's; the semantic head's resizes and the mask head's
+deconvolution against torch."""
 import numpy as np
 import pytest
 
+from res2net_ms.det.mask_head import paste_mask, paste_masks
 from res2net_ms.det.nms import batched_nms, nms
 from res2net_ms.det.roi_align import roi_align
 
@@ -128,3 +131,85 @@ def test_nms_matches_torchvision_on_edge_cases():
         for threshold in (0.0, 0.5, 1.0):
             ref = tv_ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), threshold)
             assert np.array_equal(nms(boxes, scores, threshold), ref.numpy()), name
+
+
+PASTE_CASES = 300
+
+
+def mmdet_paste(probs, boxes, height, width):
+    """mmdetection's own pasting, as its mask head runs it on a CPU (one box at a time)."""
+    import mmdet_reference
+
+    if mmdet_reference.import_mmdet() is None:
+        pytest.skip("mmdetection is not installed")
+    from mmdet.models.roi_heads.mask_heads.fcn_mask_head import _do_paste_mask
+
+    out = np.zeros((len(probs), height, width), np.float32)
+    for k, (prob, box) in enumerate(zip(probs, boxes)):
+        pasted, (rows, cols) = _do_paste_mask(torch.from_numpy(prob)[None, None],
+                                              torch.from_numpy(box)[None], height, width)
+        out[k, rows, cols] = pasted[0].numpy()
+    return out
+
+
+def test_mask_pasting_matches_mmdetection():
+    """Probabilities pasted into boxes of every kind (sub-pixel, thin, larger than the image,
+    at its borders, empty): the same maps as mmdetection's ``_do_paste_mask``, and the same
+    masks at the 0.5 cut except where a value is within float32 rounding of the cut."""
+    rs = np.random.RandomState(4)
+    worst, flipped, pixels = 0.0, 0, 0
+    for case in range(PASTE_CASES):
+        height, width = rs.randint(1, 90), rs.randint(1, 90)
+        count = rs.randint(1, 5)
+        xy = rs.uniform(-0.2, 1.0, (count, 2)) * [width, height]
+        size = np.exp(rs.uniform(np.log(0.2), np.log(120), (count, 2)))
+        size[rs.rand(count) < 0.05] = 0  # empty boxes
+        boxes = np.concatenate([xy, xy + size], axis=1).astype(np.float32)
+        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width)  # as the detector clips them
+        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
+        logits = rs.randn(count, 28, 28).cumsum(axis=1).cumsum(axis=2) / 6  # smooth blobs
+        probs = (1 / (1 + np.exp(-logits))).astype(np.float32)
+        ours = np.stack([paste_mask(p, b, height, width) for p, b in zip(probs, boxes)])
+        ref = mmdet_paste(probs, boxes, height, width)
+        worst = max(worst, float(np.abs(ours - ref).max()))
+        masks = paste_masks(probs, boxes, height, width)
+        differ = masks != (ref >= 0.5)
+        assert np.all(np.abs(ref[differ] - 0.5) < 1e-6), f"case {case}"
+        flipped, pixels = flipped + int(differ.sum()), pixels + masks.size
+    print(f"mask pasting: {PASTE_CASES} cases, max |difference| {worst:.1e}, {flipped} of "
+          f"{pixels} mask pixels on the other side of 0.5 (all within 1e-6 of it)")
+    assert worst <= 1e-6
+
+
+def test_semantic_head_resize_matches_torch():
+    """HTC's fused semantic head resizes every level to P3 with bilinear interpolation,
+    ``align_corners=True``: MindSpore's ``ops.interpolate`` against torch's, down and up."""
+    import mindspore as ms
+    from mindspore import ops
+
+    rs = np.random.RandomState(5)
+    for source, target in [((48, 80), (24, 40)), ((12, 20), (24, 40)), ((6, 10), (24, 40)),
+                           ((3, 5), (24, 40)), ((25, 42), (13, 21)), ((4, 7), (13, 21))]:
+        x = rs.randn(2, 3, *source).astype(np.float32)
+        ours = ops.interpolate(ms.Tensor(x), size=target, mode="bilinear",
+                               align_corners=True).asnumpy()
+        ref = torch.nn.functional.interpolate(torch.from_numpy(x), size=target,
+                                              mode="bilinear", align_corners=True).numpy()
+        np.testing.assert_allclose(ours, ref, atol=1e-5, err_msg=f"{source} -> {target}")
+
+
+def test_mask_head_deconv_matches_torch():
+    """The mask head's 2x upsampling (``ConvTranspose2d(k=2, s=2)``), weights in torch's
+    layout."""
+    import mindspore as ms
+    from mindspore import nn
+
+    rs = np.random.RandomState(6)
+    x = rs.randn(3, 8, 14, 14).astype(np.float32)
+    weight, bias = rs.randn(8, 5, 2, 2).astype(np.float32), rs.randn(5).astype(np.float32)
+    deconv = nn.Conv2dTranspose(8, 5, 2, stride=2, has_bias=True)
+    deconv.weight.set_data(ms.Tensor(weight))
+    deconv.bias.set_data(ms.Tensor(bias))
+    ref = torch.nn.functional.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(weight),
+                                               torch.from_numpy(bias), stride=2)
+    np.testing.assert_allclose(deconv(ms.Tensor(x)).asnumpy(), ref.numpy(), atol=1e-5)

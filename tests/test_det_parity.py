@@ -1,21 +1,23 @@
-"""The whole detector against mmdetection 3.3.0 itself (its Faster R-CNN R2-101-FPN config,
-run on this CPU through ``tests/mmdet_reference.py``).
+"""The five detectors against mmdetection 3.3.0 itself (its R2-101-FPN configs of Faster R-CNN,
+Mask R-CNN, Cascade R-CNN, Cascade Mask R-CNN and HTC, run on this CPU through
+``tests/mmdet_reference.py``).
 
 Random weights at small sizes (a backbone with two blocks per stage, images of about 150x210
-resized to fit 320x192): preprocessing, anchors, box coder and RoI level mapping exactly; then
-RPN proposals, the box head fed with the reference's proposals, and the whole detector from
-the raw image, each matched box by box. The opt-in test at the end runs the real
-``faster_rcnn_r2_101_fpn_2x_coco`` file when ``RES2NET_MMDET_CKPT`` names it.
+resized to fit 320x192): preprocessing, anchors, box coder and RoI level mapping exactly; then,
+for each detector, RPN proposals, the second stage fed with the reference's proposals, the
+whole detector from the raw image and a batch of two, each matched box by box and mask by
+mask. The opt-in test at the end runs the published checkpoints found in the folder
+``$RES2NET_MMDET_CKPTS``.
 """
 import os
 
 import numpy as np
 import pytest
 
-from res2net_ms.det import coco_classes, create_detector
+from res2net_ms.det import coco_classes, create_detector, get_detector_config, list_detectors
 from res2net_ms.det.anchors import AnchorGenerator
 from res2net_ms.det.box_coder import DeltaXYWHBBoxCoder
-from res2net_ms.det.preprocess import preprocess
+from res2net_ms.det.preprocess import ImageMeta, preprocess
 from res2net_ms.det.roi_head import map_roi_levels
 
 pytestmark = pytest.mark.torch
@@ -28,7 +30,11 @@ if mmdet_reference.import_mmdet() is None:
 
 LAYERS = (2, 2, 2, 2)
 SCALE = (320, 192)
-MIN_MATCHED = 0.99  # of the reference's boxes, found with IoU >= 0.99 and score within 1e-3
+# Fewer proposals and detections than the configs' 1000 and 100, on both sides: the same code
+# paths at a third of the heads' work.
+TEST_CFG = {"rpn": {"nms_pre": 500, "max_per_img": 300}, "rcnn": {"max_per_img": 50}}
+MIN_MATCHED = 0.99  # of the reference's boxes, found with IoU >= 0.99 and score within 1e-3;
+# and of the matched masks, with mask IoU >= 0.99
 
 
 def sample_images():
@@ -72,28 +78,61 @@ def assert_matched(what, result):
     assert result["found"] >= MIN_MATCHED, what
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def mask_ious(ref, boxes, labels, masks):
+    """For each reference detection, the mask IoU with our detection of the same label whose
+    box overlaps it most."""
+    iou = iou_matrix(ref.bboxes.double().numpy(), boxes)
+    iou = np.where(ref.labels.numpy()[:, None] == labels[None, :], iou, 0.0)
+    theirs, ours = ref.masks.numpy(), masks[iou.argmax(axis=1)]
+    union = (theirs | ours).reshape(len(ours), -1).sum(axis=1)
+    inter = (theirs & ours).reshape(len(ours), -1).sum(axis=1)
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def assert_detections_match(what, ref, boxes, scores, labels, masks=None):
+    """Boxes matched as :func:`match`; with masks, the matched masks' IoU too."""
+    assert_matched(what, match(ref.bboxes.numpy(), ref.scores.numpy(), boxes, scores,
+                               ref.labels.numpy(), labels))
+    if "masks" not in ref:
+        assert masks is None
+        return
+    assert masks.shape[1:] == ref.masks.shape[1:]
+    ious = mask_ious(ref, boxes, labels, masks)
+    area = ref.masks.numpy().reshape(len(ious), -1).sum(axis=1)
+    print(f"{what}: {np.sum(ious >= 0.99)}/{len(ious)} masks with IoU >= 0.99, lowest "
+          f"{ious.min():.4f}; reference mask areas {area.min()}..{area.max()} px "
+          f"(median {np.median(area):.0f})")
+    assert np.median(area) > 20, "masks too small to prove anything"
+    assert np.mean(ious >= 0.99) >= MIN_MATCHED, what
+
+
+@pytest.fixture(scope="module", params=list_detectors())
+def setup(request, tmp_path_factory):
     """mmdet's detector with random weights, saved as an mmdetection checkpoint and loaded
     into ours through the converter; the stage outputs of the reference for every image."""
+    name = request.param
     images = sample_images()
-    cfg = mmdet_reference.faster_rcnn_config(LAYERS, SCALE)
+    cfg = mmdet_reference.detector_config(get_detector_config(name).mmdet_config, LAYERS, SCALE)
+    for part, changes in TEST_CFG.items():
+        cfg.model.test_cfg[part].update(changes)
     model = mmdet_reference.build_detector(cfg)
     mmdet_reference.randomise(model, mmdet_reference.pipeline_inputs(cfg, images["china"]))
-    path = tmp_path_factory.mktemp("det") / "faster_rcnn_tiny.pth"
+    path = tmp_path_factory.mktemp("det") / f"{name}_tiny.pth"
     torch.save({"meta": {"mmdet_version": "3.3.0", "dataset_meta": {"classes": coco_classes()}},
                 "state_dict": model.state_dict()}, path)
-    ours = create_detector("faster_rcnn_r2_101_fpn", checkpoint_path=path,
-                           backbone_kwargs=dict(layers=LAYERS), scale=SCALE)
+    ours = create_detector(name, checkpoint_path=path, backbone_kwargs=dict(layers=LAYERS),
+                           scale=SCALE, test_cfg=TEST_CFG)
     refs = {}
-    for name, image in images.items():
+    for image_name, image in images.items():
         batch = mmdet_reference.pipeline_inputs(cfg, image)
-        refs[name] = dict(batch=batch, f32=mmdet_reference.run_stages(model, batch),
-                          f64=mmdet_reference.run_stages(model, batch, torch.float64))
-    return dict(images=images, model=model, ours=ours, refs=refs, report=ours.load_report)
+        refs[image_name] = dict(batch=batch, f32=mmdet_reference.run_stages(model, batch),
+                                f64=mmdet_reference.run_stages(model, batch, torch.float64))
+    return dict(name=name, cfg=cfg, images=images, model=model, ours=ours, refs=refs,
+                report=ours.load_report)
 
 
 def test_checkpoint_converted_strictly(setup):
+    """Every parameter of ours comes from the file, with mmdetection's names."""
     report = setup["report"]
     assert report.layout == "mmdet" and not report.missing and not report.mismatched
     assert report.mapped == len(list(setup["ours"].get_parameters()))
@@ -149,7 +188,8 @@ def test_anchors_box_coder_and_roi_levels_are_mmdetections():
 
 def test_reference_agrees_with_itself_in_float64(setup):
     """The precondition of the comparisons: scores are far enough apart that float32 rounding
-    changes no box of the reference."""
+    changes no box of the reference, and mask probabilities far enough from the cut that it
+    changes no mask."""
     for name, ref in setup["refs"].items():
         _, rpn32, det32 = ref["f32"]
         _, rpn64, det64 = ref["f64"]
@@ -160,6 +200,10 @@ def test_reference_agrees_with_itself_in_float64(setup):
                           a.scores.double().numpy(), *((b.labels.numpy(), a.labels.numpy())
                                                        if labels else ()))
             assert found["found"] == 1.0, f"{name} {what}: {found}"
+        if "masks" in det64:
+            ious = mask_ious(det64, det32.bboxes.double().numpy(), det32.labels.numpy(),
+                             det32.masks.numpy())
+            assert np.mean(ious >= 0.99) == 1.0, f"{name} masks: lowest IoU {ious.min()}"
 
 
 def test_rpn_proposals_match_mmdetection(setup):
@@ -169,20 +213,23 @@ def test_rpn_proposals_match_mmdetection(setup):
         _, scores, deltas = ours.forward_dense(inputs)
         img_shape = tuple(ref["batch"]["data_samples"][0].metainfo["img_shape"])
         boxes, box_scores = ours.proposals(scores, deltas, img_shape)
-        assert_matched(f"RPN proposals ({name})", match(
+        print(f"best scores: reference {rpn.scores.numpy()[:3]}, ours {box_scores[:3]}")
+        assert_matched(f"{setup['name']}: RPN proposals ({name})", match(
             rpn.bboxes.numpy(), rpn.scores.numpy(), boxes, box_scores))
 
 
-def test_box_head_on_reference_proposals_matches_mmdetection(setup):
+def test_second_stage_on_reference_proposals_matches_mmdetection(setup):
     ours = setup["ours"]
     for name, ref in setup["refs"].items():
         inputs, rpn, det = ref["f32"]
         feats, _, _ = ours.forward_dense(inputs)
         meta = ref["batch"]["data_samples"][0].metainfo
-        boxes, scores, labels = ours.roi_head.predict(
-            feats, rpn.bboxes.numpy(), tuple(meta["img_shape"]), tuple(meta["scale_factor"]))
-        assert_matched(f"box head on the reference's proposals ({name})", match(
-            det.bboxes.numpy(), det.scores.numpy(), boxes, scores, det.labels.numpy(), labels))
+        found = ours.roi_head.predict(feats, [rpn.bboxes.numpy()], [ImageMeta(
+            tuple(meta["ori_shape"]), tuple(meta["img_shape"]), tuple(inputs.shape[2:]),
+            tuple(meta["scale_factor"]))])[0]
+        assert_detections_match(
+            f"{setup['name']}: second stage on the reference's proposals ({name})", det,
+            found["boxes"], found["scores"], found["labels"], found.get("masks"))
 
 
 def test_whole_detector_matches_mmdetection(setup):
@@ -190,31 +237,56 @@ def test_whole_detector_matches_mmdetection(setup):
     for name, image in setup["images"].items():
         _, _, det = setup["refs"][name]["f32"]
         result = ours.predict(image)
-        assert_matched(f"whole detector from the image ({name})", match(
-            det.bboxes.numpy(), det.scores.numpy(), result.boxes, result.scores,
-            det.labels.numpy(), result.labels))
+        assert_detections_match(f"{setup['name']}: whole detector from the image ({name})",
+                                det, result.boxes, result.scores, result.labels, result.masks)
         assert len(np.unique(result.labels)) > 5  # the random heads do not favour one class
         assert list(result.names[:3]) == [coco_classes()[i] for i in result.labels[:3]]
 
 
-REAL_CHECKPOINT = os.environ.get("RES2NET_MMDET_CKPT")
+def test_a_batch_gives_what_each_image_gives_alone(setup):
+    """Two photos of one padded size in one compiled call: each matches mmdetection's result
+    for it alone, and equals our own one-image result."""
+    ours, china = setup["ours"], setup["images"]["china"]
+    mirrored = np.ascontiguousarray(china[:, ::-1])
+    batch = mmdet_reference.pipeline_inputs(setup["cfg"], mirrored)
+    _, _, det = mmdet_reference.run_stages(setup["model"], batch)
+    alone = ours.predict(china)
+    batched = ours.predict([china, mirrored], batch_size=2)
+    assert_detections_match(f"{setup['name']}: mirrored photo, second of a batch of two", det,
+                            batched[1].boxes, batched[1].scores, batched[1].labels,
+                            batched[1].masks)
+    np.testing.assert_allclose(batched[0].boxes, alone.boxes, atol=1e-3)
+    np.testing.assert_allclose(batched[0].scores, alone.scores, atol=1e-5)
+    np.testing.assert_array_equal(batched[0].labels, alone.labels)
+    if alone.masks is not None:
+        assert np.mean(batched[0].masks != alone.masks) < 1e-4
+
+
+def published_file(name):
+    """The published checkpoint of ``name`` in ``$RES2NET_MMDET_CKPTS`` (a folder), or None."""
+    folder = os.environ.get("RES2NET_MMDET_CKPTS")
+    path = os.path.join(folder, get_detector_config(name).weights) if folder else None
+    return path if path and os.path.isfile(path) else None
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not REAL_CHECKPOINT, reason="set RES2NET_MMDET_CKPT to the path of "
-                    "faster_rcnn_r2_101_fpn_2x_coco-175f1da6.pth to run it")
-def test_real_checkpoint_matches_mmdetection():
-    """The published detector on a real photo at full size (1333x800), ours against mmdet."""
+@pytest.mark.parametrize("name", list_detectors())
+def test_published_checkpoint_matches_mmdetection(name):
+    """A published detector on a real photo at full size (1333x800), ours against mmdet; runs
+    for each file found in ``$RES2NET_MMDET_CKPTS`` under its published name."""
     from sklearn.datasets import load_sample_image
 
+    path = published_file(name)
+    if path is None:
+        pytest.skip(f"put {get_detector_config(name).weights} in the folder $RES2NET_MMDET_CKPTS "
+                    "names to run it")
     image = load_sample_image("china.jpg")
-    ours = create_detector("faster_rcnn_r2_101_fpn", checkpoint_path=REAL_CHECKPOINT)
-    cfg = mmdet_reference.faster_rcnn_config()
+    ours = create_detector(name, checkpoint_path=path)
+    cfg = mmdet_reference.detector_config(get_detector_config(name).mmdet_config)
     model = mmdet_reference.build_detector(cfg)
-    saved = torch.load(REAL_CHECKPOINT, map_location="cpu", weights_only=False)  # the user's file
+    saved = torch.load(path, map_location="cpu", weights_only=False)  # the user's own file
     model.load_state_dict(saved["state_dict"], strict=True)
     _, _, det = mmdet_reference.run_stages(model, mmdet_reference.pipeline_inputs(cfg, image))
     result = ours.predict(image)
-    assert_matched("real checkpoint, whole detector", match(
-        det.bboxes.numpy(), det.scores.numpy(), result.boxes, result.scores,
-        det.labels.numpy(), result.labels))
+    assert_detections_match(f"{name}: published checkpoint, whole detector", det,
+                            result.boxes, result.scores, result.labels, result.masks)

@@ -21,7 +21,7 @@ from conftest import REPO
 from res2net_ms import hub
 from res2net_ms.ckpt import load_ckpt, save_ckpt
 from res2net_ms.convert import export_torch
-from res2net_ms.engine.checkpoint import CheckpointError, pretrained_file
+from res2net_ms.weights import CheckpointError, pretrained_file
 from res2net_ms.models import MODELS, build_network
 
 MODEL = "res2next_dla60"
@@ -188,14 +188,16 @@ def test_models_without_weights_say_so():
 
 
 _RANK_CODE = """
-import dataclasses, sys
+import dataclasses, logging, sys
 from res2net_ms import hub
 from res2net_ms.models import MODELS
+logging.basicConfig(level=logging.INFO)  # on stderr: "rank 1: waiting for rank 0 ..."
 MODELS["{model}"] = dataclasses.replace(MODELS["{model}"], weights="{name}")
 print(hub.pretrained_path("{model}", cache_dir=sys.argv[1], progress=False, wait_timeout=120))
 """
 
 
+@pytest.mark.slow
 def test_under_msrun_rank_0_downloads_while_the_others_wait(server, official, tmp_path):
     name, data, _ = official
     server.files[name] = data
@@ -203,16 +205,67 @@ def test_under_msrun_rank_0_downloads_while_the_others_wait(server, official, tm
     cache = str(tmp_path / "cache")
 
     def start(rank):
+        """The rank's process; its output and log lines are collected as they come."""
         env = dict(os.environ, MS_ROLE="MS_WORKER", MS_WORKER_NUM="2", RANK_ID=str(rank))
-        return subprocess.Popen([sys.executable, "-c", code, cache], cwd=REPO, env=env,
+        proc = subprocess.Popen([sys.executable, "-c", code, cache], cwd=REPO, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc.out_lines, proc.err_lines = [], []
+        proc.readers = [threading.Thread(target=lines.extend, args=(stream,), daemon=True)
+                        for lines, stream in ((proc.out_lines, proc.stdout),
+                                              (proc.err_lines, proc.stderr))]
+        for reader in proc.readers:
+            reader.start()
+        return proc
 
     waiting = start(1)
-    time.sleep(8)  # rank 1 is up and waiting: it never downloads
-    assert waiting.poll() is None and server.requests == []
+    deadline = time.monotonic() + 300
+    while not any("rank 1: waiting for rank 0" in line for line in waiting.err_lines):
+        assert waiting.poll() is None, "".join(waiting.err_lines)[-3000:]
+        assert time.monotonic() < deadline, "rank 1 never said it was waiting"
+        time.sleep(0.05)
+    assert waiting.poll() is None and server.requests == []  # rank 1 waits: never downloads
     downloading = start(0)
-    outputs = [p.communicate(timeout=300) for p in (downloading, waiting)]
+    for proc in (downloading, waiting):
+        proc.wait(timeout=300)
+        for reader in proc.readers:
+            reader.join()
+    outputs = [("".join(p.out_lines), "".join(p.err_lines)[-3000:]) for p in (downloading,
+                                                                              waiting)]
     assert [p.returncode for p in (downloading, waiting)] == [0, 0], outputs
     paths = {out.strip().splitlines()[-1] for out, _ in outputs}
     assert paths == {os.path.join(cache, name.replace(".pth", ".ckpt"))}
     assert server.requests == ["/" + name]
+
+
+def test_detector_weights_are_downloaded_checked_and_cached(monkeypatch, server, tmp_path):
+    """``create_detector(name, pretrained=True)`` goes the backbones' way: the published file
+    (here a small Faster R-CNN, the quickest to build, served under a name carrying its own
+    sha256 prefix) is downloaded once, checked, converted and cached; a wrong hash caches
+    nothing."""
+    from res2net_ms.convert.readers import save_safetensors
+    from res2net_ms.det import DETECTORS, create_detector
+
+    name, small = "faster_rcnn_r2_101_fpn", dict(layers=(1, 1, 1, 1))
+    weights = {p.name: p.asnumpy() for p in
+               create_detector(name, backbone_kwargs=small).get_parameters()}
+    save_safetensors(weights, tmp_path / "published.safetensors")
+    data = (tmp_path / "published.safetensors").read_bytes()
+    for prefix, works in (("0badc0de", False), (hashlib.sha256(data).hexdigest()[:8], True)):
+        published = f"faster_rcnn_r2_101_fpn_2x_coco-{prefix}.pth"
+        monkeypatch.setitem(DETECTORS, name, dataclasses.replace(DETECTORS[name],
+                                                                 weights=published))
+        server.files[published] = data
+        cache = tmp_path / prefix
+        if not works:
+            with pytest.raises(hub.WeightsError, match="0badc0de"):
+                create_detector(name, pretrained=True, cache_dir=str(cache),
+                                backbone_kwargs=small)
+            assert not cache.exists() or os.listdir(cache) == []
+            continue
+        detector = create_detector(name, pretrained=True, cache_dir=str(cache),
+                                   backbone_kwargs=small)
+        for p in detector.get_parameters():
+            np.testing.assert_array_equal(p.asnumpy(), weights[p.name], err_msg=p.name)
+        assert os.listdir(cache) == [published.replace(".pth", ".ckpt")]
+        create_detector(name, pretrained=True, cache_dir=str(cache), backbone_kwargs=small)
+        assert server.requests.count("/" + published) == 1  # the second came from the cache

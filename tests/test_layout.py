@@ -71,6 +71,9 @@ def test_layers_point_down():
     assert "engine" not in graph["config"] and "convert" not in graph["config"]
     assert graph["hub"] <= {"models", "convert", "ckpt", "fileio", "process"}
     assert graph["factory"] <= {"models", "convert", "hub"}
+    assert graph["run_state"] <= {"ckpt", "fileio"}
+    assert graph["weights"] <= {"convert", "hub", "run_state"}
+    assert "engine" not in graph["inference"]
 
 
 def test_readme_table_is_generated_from_the_registry():

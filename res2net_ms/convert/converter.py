@@ -5,6 +5,7 @@ its classifier and first conv. It never needs the engine or the factory.
 """
 import os
 from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple, Union
 
 import mindspore as ms
 import numpy as np
@@ -15,7 +16,7 @@ from ..ckpt import CheckpointReadError, load_ckpt, save_ckpt
 from ..models import MODELS, build_network, get_model_config
 from .errors import CheckpointFormatError, CheckpointMismatchError
 from .layouts import LAYOUTS, detect_layout, official_to_ours, ours_to_official, to_official
-from .readers import load_any, save_safetensors
+from .readers import checkpoint_format, load_any, save_safetensors
 
 __all__ = ["ConversionReport", "State", "read_state", "param_shapes", "map_to_network",
            "check_strict",
@@ -55,22 +56,25 @@ class ConversionReport:
 
 class State(dict):
     """A checkpoint's tensors, ``{name: numpy array}``; ``source`` names the file it was read
-    from and ``marks`` holds its string entries (e.g. ``source_layout``)."""
+    from, ``marks`` holds the string entries of a ``.ckpt`` (e.g. ``source_layout``) and
+    ``meta`` the ``meta`` dict of an mmengine / mmdetection file (versions, class names)."""
 
-    def __init__(self, tensors, source, marks=None):
+    def __init__(self, tensors, source, marks=None, meta=None):
         super().__init__(tensors)
         self.source = source
         self.marks = dict(marks or {})
+        self.meta = dict(meta or {})
 
 
 def read_state(path):
-    """Read any supported file into a flat :class:`State` (``{name: numpy array}``)."""
+    """Read any supported file (PyTorch, safetensors or MindSpore ``.ckpt``, recognised by
+    :func:`~.readers.checkpoint_format`) into a flat :class:`State`."""
     if isinstance(path, State):
         return path
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.endswith(".ckpt") and not _is_zip(path):
+    if checkpoint_format(path) == "ckpt":
         try:
             params = load_ckpt(path)
         except CheckpointReadError as exc:
@@ -78,6 +82,8 @@ def read_state(path):
         return State({k: v.asnumpy() for k, v in params.items() if hasattr(v, "asnumpy")}, path,
                      {k: v for k, v in params.items() if isinstance(v, str)})
     obj = load_any(path)
+    meta = obj.get("meta") if isinstance(obj, dict) and isinstance(obj.get("meta"), dict) \
+        else None
     for _ in range(3):  # unwrap {'state_dict': ...}, {'model': ...}, mmengine {'meta', ...}
         if isinstance(obj, dict) and not _is_state(obj):
             inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)
@@ -89,12 +95,7 @@ def read_state(path):
     state = {k: v for k, v in obj.items() if isinstance(v, np.ndarray)}
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
-    return State(state, path)
-
-
-def _is_zip(path):
-    with open(path, "rb") as f:
-        return f.read(4) == b"PK\x03\x04"
+    return State(state, path, meta=meta)
 
 
 def _is_state(obj):
@@ -223,8 +224,10 @@ def _new_head(classifier, width, num_classes):
             f"{classifier}.bias": dense.bias.asnumpy()}
 
 
-def convert_checkpoint(src, model_name, out=None, source="auto", num_classes=None,
-                       drop_head=False):
+def convert_checkpoint(src: Union[str, "os.PathLike", "State"], model_name: str,
+                       out: Optional[str] = None, source: str = "auto",
+                       num_classes: Optional[int] = None,
+                       drop_head: bool = False) -> Tuple[Dict[str, np.ndarray], ConversionReport]:
     """Convert ``src`` (PyTorch, safetensors or mindcv file) for the zoo model ``model_name``.
 
     Strict: nothing is written unless every network parameter is found with its shape.

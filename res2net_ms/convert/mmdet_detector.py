@@ -1,5 +1,5 @@
-"""Whole mmdetection detector checkpoints (Faster R-CNN: backbone, FPN, RPN, RoI head) -> our
-names, as strictly as backbones.
+"""Whole mmdetection detector checkpoints (backbone, FPN, RPN and the RoI heads of Faster, Mask,
+Cascade, Cascade Mask R-CNN and HTC) -> our names, as strictly as backbones.
 
 The detector (``res2net_ms.det``, a layer above) passes the shapes of its parameters in; this
 module only renames and checks. Our detector names its parameters as mmdetection does,
@@ -8,17 +8,12 @@ mmdetection 2.x/3.x classifiers put the background class last, as ours: their ro
 order; mmdetection 1.x files (background first, "+1" box coder) are refused.
 """
 import json
-import os
 import re
 
-import numpy as np
-
-from ..ckpt import CheckpointReadError, load_ckpt, save_ckpt
-from .converter import SOURCE_KEY, ConversionReport, check_strict
+from ..ckpt import save_ckpt
+from .converter import SOURCE_KEY, ConversionReport, check_strict, read_state
 from .errors import CheckpointFormatError, CheckpointMismatchError
 from .layouts import detect_layout, official_to_ours, to_official
-from .readers import load_any
-from .torch_pickle import ZIP_MAGIC
 
 __all__ = ["CLASSES_KEY", "read_detector_checkpoint", "map_detector",
            "convert_detector_checkpoint"]
@@ -34,32 +29,12 @@ def read_detector_checkpoint(path):
     ``meta`` holds what the file says besides tensors: ``classes`` (names, when stored) and
     ``mmdet_version``.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.endswith(".ckpt") and not _starts_with(path, ZIP_MAGIC):
-        try:
-            entries = load_ckpt(path)
-        except CheckpointReadError as exc:
-            raise CheckpointFormatError(str(exc)) from None
-        state = {k: v.asnumpy() for k, v in entries.items() if hasattr(v, "asnumpy")}
-        meta = {}
-        if isinstance(entries.get(CLASSES_KEY), str):
-            meta["classes"] = tuple(json.loads(entries[CLASSES_KEY]))
-        return state, meta
-    obj = load_any(path)
-    raw_meta = obj.get("meta") if isinstance(obj, dict) else None
-    inner = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    state = {k: v for k, v in inner.items() if isinstance(v, np.ndarray)} if isinstance(
-        inner, dict) else {}
+    state = read_state(path)
     if not state:
         raise CheckpointFormatError(f"{path}: holds no state dict of tensors")
-    return state, _meta(raw_meta if isinstance(raw_meta, dict) else {})
-
-
-def _starts_with(path, magic):
-    with open(path, "rb") as f:
-        return f.read(len(magic)) == magic
+    if isinstance(state.marks.get(CLASSES_KEY), str):
+        return state, {"classes": tuple(json.loads(state.marks[CLASSES_KEY]))}
+    return state, _meta(state.meta)
 
 
 def _meta(raw):
@@ -130,15 +105,12 @@ def map_detector(state, targets, meta=None, source_name="<memory>", model_name="
 
 
 def _check_classes(weights, report, meta):
-    """Background last: ``fc_cls`` has one row more than ``fc_reg`` has boxes."""
-    cls = weights.get("roi_head.bbox_head.fc_cls.weight")
-    reg = weights.get("roi_head.bbox_head.fc_reg.weight")
-    if cls is None or reg is None:
+    """The classifiers put background last (one row more than the classes) and agree with
+    the class names the file stores."""
+    classifiers = [k for k in weights if k.endswith("fc_cls.weight")]
+    if not classifiers:
         return
-    num_classes = cls.shape[0] - 1
-    if reg.shape[0] != 4 * num_classes:
-        report.mismatched.append(("roi_head.bbox_head.fc_reg.weight", tuple(reg.shape),
-                                  (4 * num_classes, reg.shape[1])))
+    num_classes = weights[classifiers[0]].shape[0] - 1
     classes = meta.get("classes")
     if classes is not None and len(classes) != num_classes:
         report.mismatched.append(("classes", len(classes), num_classes))

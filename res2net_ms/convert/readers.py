@@ -15,7 +15,7 @@ from ..fileio import atomic_write
 from .errors import CheckpointFormatError, UnsafeCheckpointError
 from .torch_pickle import ZIP_MAGIC, bf16_to_f32, load_torch, read_torch_file
 
-__all__ = ["CheckpointFormatError", "UnsafeCheckpointError", "load_any", "load_safetensors",
+__all__ = ["CheckpointFormatError", "UnsafeCheckpointError", "checkpoint_format", "load_any", "load_safetensors",
            "load_safetensors_metadata", "load_torch", "read_torch_file", "save_safetensors"]
 
 
@@ -97,11 +97,14 @@ def save_safetensors(tensors, path, metadata=None):
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".tar")
 
 
-def _sniff(path):
-    """Guess the format from content: 'torch', 'safetensors' or None.
+def checkpoint_format(path):
+    """The format of the checkpoint file ``path``: 'torch', 'safetensors', 'ckpt'
+    (MindSpore) or None, from its content first, then from its extension.
 
-    safetensors is tested first: its header length may begin with the byte
-    0x80 that also opens a pickle, while a pickle never passes its test.
+    safetensors is tested first: its header length may begin with the byte 0x80 that also
+    opens a pickle, while a pickle never passes its test. A MindSpore protobuf has no magic
+    number: a ``.ckpt`` that is neither of the others is one (a ``.ckpt`` that is really a
+    torch.save zip, as Lightning writes, is read as torch).
     """
     with open(path, "rb") as f:
         head = f.read(9)
@@ -110,28 +113,26 @@ def _sniff(path):
         return "safetensors"
     if head.startswith(ZIP_MAGIC) or head[:1] == b"\x80":
         return "torch"
-    return None
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    if suffix == ".safetensors":
+        return "safetensors"
+    if suffix in _TORCH_SUFFIXES:
+        return "torch"
+    return "ckpt" if suffix == ".ckpt" else None
 
 
 def load_any(path):
-    """Load a PyTorch or safetensors checkpoint, recognised by content, then by extension.
+    """Load a PyTorch or safetensors checkpoint (see :func:`checkpoint_format`).
 
-    MindSpore ``.ckpt`` files are refused with a pointer to the MindSpore
-    loader (a ``.ckpt`` that is really a torch.save zip, as Lightning writes,
-    is still read).
+    MindSpore ``.ckpt`` files are refused with a pointer to the MindSpore loader.
     """
     source = os.fspath(path)
-    kind = _sniff(path)
-    suffix = os.path.splitext(source)[1].lower()
-    if kind is None and suffix == ".safetensors":
-        kind = "safetensors"
-    if kind is None and suffix in _TORCH_SUFFIXES:
-        kind = "torch"
+    kind = checkpoint_format(path)
     if kind == "torch":
         return load_torch(path)
     if kind == "safetensors":
         return load_safetensors(path)
-    if suffix == ".ckpt":
+    if kind == "ckpt":
         raise CheckpointFormatError(
             f"{source}: not a PyTorch or safetensors file; "
             "use the MindSpore loader for .ckpt checkpoints")

@@ -1,13 +1,22 @@
-"""Res2Net detectors: mmdetection's Faster R-CNN R2-101-FPN, reproduced in MindSpore.
+"""Res2Net detectors: mmdetection's five R2-101-FPN detectors (Faster R-CNN, Mask R-CNN,
+Cascade R-CNN, Cascade Mask R-CNN, HTC) reproduced in MindSpore.
 
-Small parts, each with mmdetection's test-time settings as defaults: preprocessing
-(:mod:`.preprocess`), FPN (:mod:`.fpn`), anchors (:mod:`.anchors`), box coder
-(:mod:`.box_coder`), RPN (:mod:`.rpn`), RoIAlign (:mod:`.roi_align`), NMS (:mod:`.nms`), the
-RoI head (:mod:`.roi_head`) and the detector (:mod:`.faster_rcnn`), built by
-:func:`create_detector`.
+Parts, each with mmdetection's test-time settings: preprocessing (:mod:`.preprocess`), FPN
+(:mod:`.fpn`), anchors (:mod:`.anchors`), box coder (:mod:`.box_coder`), RPN (:mod:`.rpn`),
+RoIAlign (:mod:`.roi_align`), NMS (:mod:`.nms`), box, mask and semantic heads
+(:mod:`.bbox_head`, :mod:`.mask_head`, :mod:`.semantic_head`), RoI heads (:mod:`.roi_head`,
+:mod:`.cascade_roi_head`) and the detector (:mod:`.two_stage`); :mod:`.registry` says what
+each published detector is made of and :func:`create_detector` builds it.
+
+Training (Faster and Mask R-CNN) is one compiled graph (:mod:`.train_step`) of device parts:
+the padded batch (:mod:`.train_inputs`), box maths (:mod:`.bbox_ops`), ``MaxIoUAssigner``
+(:mod:`.assigner`), samplers (:mod:`.sampler`), RPN losses (:mod:`.rpn_loss`), proposals
+(:mod:`.proposals`), RoI features (:mod:`.roi_extractor`), mask targets (:mod:`.mask_target`)
+and the R-CNN losses (:mod:`.roi_loss`, :mod:`.losses`); ``TwoStageDetector.loss`` runs it.
 """
-from .faster_rcnn import Detections, FasterRCNN
-from .factory import DETECTORS, coco_classes, convert_detector, create_detector, list_detectors
+from .factory import convert_detector, create_detector, get_detector_config, list_detectors
+from .registry import DETECTORS, DetectorConfig, coco_classes
+from .two_stage import Detections, TwoStageDetector
 
-__all__ = ["DETECTORS", "Detections", "FasterRCNN", "coco_classes", "convert_detector",
-           "create_detector", "list_detectors"]
+__all__ = ["DETECTORS", "DetectorConfig", "Detections", "TwoStageDetector", "coco_classes",
+           "convert_detector", "create_detector", "get_detector_config", "list_detectors"]

@@ -1,8 +1,12 @@
 """mmdetection's anchor generator (``AnchorGenerator``): float base anchors centred on the
-top-left corner of each feature cell (``center_offset=0``), not rounded as torchvision's."""
+top-left corner of each feature cell (``center_offset=0``), not rounded as torchvision's; the
+anchors of a level are laid on the host (inference) or in the training graph
+(:func:`device_grid_anchors`), in the same float32 arithmetic."""
+import mindspore as ms
 import numpy as np
+from mindspore import ops
 
-__all__ = ["AnchorGenerator"]
+__all__ = ["AnchorGenerator", "device_grid_anchors"]
 
 
 class AnchorGenerator:
@@ -46,3 +50,17 @@ class AnchorGenerator:
             shifts = np.stack([xx, yy, xx, yy], axis=-1)
             out.append((self.base_anchors(stride)[None] + shifts[:, None]).reshape(-1, 4))
         return out
+
+
+def device_grid_anchors(base_anchors, height, width, stride):
+    """In MindSpore ops: the anchors (H * W * A, 4) of a level, as
+    :meth:`AnchorGenerator.grid_anchors` lays them, and each anchor's cell corner x and y
+    (H * W * A,) (for the valid flags)."""
+    xs = ops.arange(width, dtype=ms.float32) * stride
+    ys = ops.arange(height, dtype=ms.float32) * stride
+    xx = ops.tile(xs, (height,))
+    yy = ops.repeat_interleave(ys, width)
+    shifts = ops.stack([xx, yy, xx, yy], axis=-1)
+    num_base = base_anchors.shape[0]
+    anchors = (base_anchors[None] + shifts[:, None]).reshape(-1, 4)
+    return anchors, ops.repeat_interleave(xx, num_base), ops.repeat_interleave(yy, num_base)

@@ -23,6 +23,8 @@ class FPN(nn.Cell):
         super().__init__()
         self.lateral_convs = nn.CellList([_conv(c, out_channels, 1) for c in in_channels])
         self.fpn_convs = nn.CellList([_conv(out_channels, out_channels, 3) for _ in in_channels])
+        self.out_channels = out_channels
+        self.num_outs = num_outs
         self.num_levels = len(in_channels)
         self.num_extra = num_outs - len(in_channels)
 

@@ -1,17 +1,24 @@
 """mmdetection's test-time preprocessing: keep-ratio resize to fit (1333, 800) with OpenCV's
 bilinear interpolation, normalisation with the ImageNet mean and std (0-255 RGB), zero padding
-to a multiple of 32. Boxes go back to the input image by dividing by the scale factors.
+of a batch to a multiple of 32 of its largest image. Boxes go back to the input image by
+dividing by the scale factors.
 
 The resize is MindSpore's own ``dataset.vision.Resize`` (OpenCV inside), which gives exactly
 ``cv2.resize(..., INTER_LINEAR)`` as mmdetection calls it.
 """
+import os
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 from mindspore.dataset import vision
+from PIL import Image
 
-__all__ = ["MEAN", "STD", "ImageMeta", "rescale_size", "resize_keep_ratio", "normalize_pad",
-           "preprocess", "to_rgb_uint8"]
+from ..data import read_rgb
+
+__all__ = ["MEAN", "STD", "ImageMeta", "DetDataPreprocessor", "rescale_size",
+           "resize_keep_ratio", "preprocess", "to_rgb_uint8", "load_image",
+           "image_size"]
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
@@ -59,21 +66,98 @@ def resize_keep_ratio(image, scale=(1333, 800)):
     return resized, (new_w / width, new_h / height)
 
 
-def normalize_pad(image, mean=MEAN, std=STD, size_divisor=32):
-    """(1, 3, H', W') float32: ``(image - mean) / std``, zero-padded to multiples of
-    ``size_divisor`` (the padding is zero after normalisation, as mmdetection's)."""
-    x = (image.astype(np.float32) - np.float32(mean)) / np.float32(std)
-    height, width = x.shape[:2]
-    pad_h = -(-height // size_divisor) * size_divisor
-    pad_w = -(-width // size_divisor) * size_divisor
-    batch = np.zeros((1, 3, pad_h, pad_w), np.float32)
-    batch[0, :, :height, :width] = x.transpose(2, 0, 1)
-    return batch
-
-
 def preprocess(image, scale=(1333, 800), mean=MEAN, std=STD, size_divisor=32):
     """Network input (1, 3, H', W') and :class:`ImageMeta` of an RGB uint8 image."""
-    resized, scale_factor = resize_keep_ratio(image, scale)
-    batch = normalize_pad(resized, mean, std, size_divisor)
-    return batch, ImageMeta(tuple(image.shape[:2]), tuple(resized.shape[:2]),
-                            tuple(batch.shape[2:]), scale_factor)
+    batch, metas = DetDataPreprocessor(scale, mean, std, size_divisor).collate([image])
+    return batch, metas[0]
+
+
+def _padded(size, divisor):
+    return -(-size // divisor) * divisor
+
+
+@dataclass(frozen=True)
+class DetDataPreprocessor:
+    """The one home of the detector's input settings: mmdetection's test ``Resize`` (keep
+    ratio, fit ``scale`` = (long, short)) and ``DetDataPreprocessor`` (mean, std, zero
+    padding to ``pad_size_divisor``).
+
+    Batches hold images of one padded size only (:meth:`plan`), so that every image is padded
+    exactly as it would be alone: a batch gives the same detections as one image at a time,
+    and each padded size compiles the network once whatever the batch's images.
+    """
+
+    scale: tuple = (1333, 800)
+    mean: tuple = MEAN
+    std: tuple = STD
+    pad_size_divisor: int = 32
+
+    def padded_shape(self, height, width):
+        """The network input's (H, W) for an image of ``height`` x ``width`` pixels."""
+        new_w, new_h = rescale_size(width, height, self.scale)
+        return _padded(new_h, self.pad_size_divisor), _padded(new_w, self.pad_size_divisor)
+
+    def plan(self, sizes, batch_size=1):
+        """Batches (lists of indices into ``sizes``, the images' (H, W)) of at most
+        ``batch_size`` images sharing one padded shape, in order of first appearance."""
+        groups = OrderedDict()
+        for index, (height, width) in enumerate(sizes):
+            key = self.padded_shape(height, width) if min(height, width) > 0 else None
+            groups.setdefault(key, []).append(index)
+        return [members[i:i + batch_size] for members in groups.values()
+                for i in range(0, len(members), batch_size)]
+
+    def train_canvas(self, sizes):
+        """The fixed (H, W) a training batch of images of ``sizes`` (H, W) is padded to,
+        whatever their sizes, so that the training graph compiles once per orientation: the
+        padded ``scale`` laid as the images lie (landscape or portrait), square when a batch
+        mixes them."""
+        long_side = _padded(max(self.scale), self.pad_size_divisor)
+        short_side = _padded(min(self.scale), self.pad_size_divisor)
+        if all(width >= height for height, width in sizes):
+            return short_side, long_side
+        if all(height > width for height, width in sizes):
+            return long_side, short_side
+        return long_side, long_side
+
+    def collate(self, images, batch_size=None):
+        """Network input (B, 3, H, W) of RGB uint8 ``images``, padded to the largest and to
+        ``batch_size`` images (blank ones after the real ones), and each image's
+        :class:`ImageMeta`."""
+        resized = [resize_keep_ratio(image, self.scale) for image in images]
+        height = _padded(max(r.shape[0] for r, _ in resized), self.pad_size_divisor)
+        width = _padded(max(r.shape[1] for r, _ in resized), self.pad_size_divisor)
+        batch = np.zeros((max(batch_size or 0, len(images)), 3, height, width), np.float32)
+        metas = []
+        for k, (image, (small, factor)) in enumerate(zip(images, resized)):
+            x = (small.astype(np.float32) - np.float32(self.mean)) / np.float32(self.std)
+            batch[k, :, :small.shape[0], :small.shape[1]] = x.transpose(2, 0, 1)
+            metas.append(ImageMeta(tuple(image.shape[:2]), tuple(small.shape[:2]),
+                                   (height, width), factor))
+        return batch, metas
+
+
+def image_size(image):
+    """(H, W) of an RGB array, a PIL image or an image file (read from its header, turned as
+    its EXIF orientation says), without decoding a file."""
+    if isinstance(image, np.ndarray):
+        return tuple(image.shape[:2])
+    if isinstance(image, Image.Image):
+        return image.height, image.width
+    try:
+        with Image.open(image) as opened:
+            width, height = opened.size
+            turned = opened.getexif().get(0x0112) in (5, 6, 7, 8)
+    except Exception:  # unreadable: load_image names the problem
+        return 0, 0
+    return (width, height) if turned else (height, width)
+
+
+def load_image(image):
+    """An (H, W, 3) RGB uint8 array from an array, a PIL image or an image file (turned
+    upright as its EXIF orientation says, as OpenCV reads it)."""
+    if isinstance(image, (str, os.PathLike)):
+        image = read_rgb(image, exif_transpose=True)
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    return to_rgb_uint8(image)

@@ -1,15 +1,18 @@
-"""The second stage: RoI features from the pyramid, the shared-FC box head and per-class
-post-processing (mmdetection's ``StandardRoIHead`` with ``Shared2FCBBoxHead`` at test time)."""
-import mindspore as ms
-import numpy as np
-from mindspore import Tensor, nn, ops
+"""The second stage at test time: RoI features from the pyramid and mmdetection's
+``StandardRoIHead`` (a box branch and an optional mask branch).
 
-from .box_coder import DeltaXYWHBBoxCoder
-from .nms import batched_nms
+RoIAlign and the post-processing run on the host in numpy; each head runs as a compiled graph
+on a fixed number of RoIs (:func:`~.layers.run_in_chunks`).
+"""
+import numpy as np
+from mindspore import nn
+
+from .layers import run_in_chunks
+from .mask_head import predict_masks
 from .roi_align import roi_align
 
-__all__ = ["map_roi_levels", "SingleRoIExtractor", "Shared2FCBBoxHead", "multiclass_nms",
-           "RoIHead"]
+__all__ = ["map_roi_levels", "bbox2roi", "SingleRoIExtractor", "StandardRoIHead",
+           "empty_result", "sigmoid"]
 
 
 def map_roi_levels(rois, num_levels=4, finest_scale=56):
@@ -19,12 +22,32 @@ def map_roi_levels(rois, num_levels=4, finest_scale=56):
     return np.clip(levels, 0, num_levels - 1).astype(np.int64)
 
 
+def bbox2roi(boxes_per_image):
+    """RoIs (K, 5): the image's index in the batch, then x1, y1, x2, y2."""
+    return np.concatenate([np.concatenate([np.full((len(b), 1), i, np.float32),
+                                           np.asarray(b, np.float32).reshape(-1, 4)], axis=1)
+                           for i, b in enumerate(boxes_per_image)])
+
+
+def sigmoid(x):
+    return np.float32(1) / (np.float32(1) + np.exp(-x))
+
+
+def empty_result(meta, with_mask):
+    result = dict(boxes=np.zeros((0, 4), np.float32), scores=np.zeros((0,), np.float32),
+                  labels=np.zeros((0,), np.int64))
+    if with_mask:
+        result["masks"] = np.zeros((0,) + tuple(meta.ori_shape), bool)
+    return result
+
+
 class SingleRoIExtractor:
-    """RoIAlign features (K, C, 7, 7) of each RoI on its own pyramid level.
+    """RoIAlign features (K, C, S, S) of each RoI on its own pyramid level.
 
     Args:
-        featmap_strides: strides of the levels used (P2..P5).
-        output_size: bins per side.
+        featmap_strides: strides of the levels used (P2..P5 for the heads, P3 for HTC's
+            semantic features).
+        output_size: bins per side (7 for boxes, 14 for masks).
         sampling_ratio: samples per bin and axis (0: adaptive, ceil(roi_size / bins)).
         aligned: half-pixel aligned boxes.
         finest_scale: RoIs of ``sqrt(area)`` below ``2 * finest_scale`` use the first level.
@@ -39,7 +62,7 @@ class SingleRoIExtractor:
         self.finest_scale = finest_scale
 
     def __call__(self, feats, rois):
-        """``feats``: numpy levels (N, C, H, W); ``rois`` (K, 5) batch index, x1, y1, x2, y2."""
+        """``feats``: numpy levels (N, C, H, W), finest first; ``rois`` (K, 5)."""
         channels = feats[0].shape[1]
         out = np.zeros((len(rois), channels, self.output_size, self.output_size), np.float32)
         levels = map_roi_levels(rois, len(self.featmap_strides), self.finest_scale)
@@ -51,93 +74,84 @@ class SingleRoIExtractor:
         return out
 
 
-class Shared2FCBBoxHead(nn.Cell):
-    """Two shared FCs (ReLU), then class probabilities (background last) and per-class deltas.
+class StandardRoIHead(nn.Cell):
+    """Detections of a batch from its proposals, as mmdetection's ``StandardRoIHead``.
+
+    With a mask head, the box NMS works in network-input pixels and the boxes are divided by
+    the scale factor afterwards, with the masks (mmdetection's order); without, the boxes are
+    divided before the NMS.
+
+    The compiled box heads take ``max_rois`` RoIs per call (the RPN's proposals per image)
+    and the mask heads ``test_cfg["max_per_img"]``: both are set by the detector from its
+    ``test_cfg``.
 
     Args:
-        in_channels: channels of the RoI features.
-        roi_feat_size: bins per side of the RoI features.
-        fc_out_channels: width of the shared FCs.
-        num_classes: object classes (the classifier has one more: background, last).
+        bbox_roi_extractor, bbox_head: the box branch.
+        mask_roi_extractor, mask_head: the optional mask branch.
     """
 
-    def __init__(self, in_channels=256, roi_feat_size=7, fc_out_channels=1024, num_classes=80):
+    def __init__(self, bbox_roi_extractor, bbox_head, mask_roi_extractor=None, mask_head=None):
         super().__init__()
-        self.num_classes = num_classes
-        flat = in_channels * roi_feat_size * roi_feat_size
-        self.shared_fcs = nn.CellList([nn.Dense(flat, fc_out_channels),
-                                       nn.Dense(fc_out_channels, fc_out_channels)])
-        self.fc_cls = nn.Dense(fc_out_channels, num_classes + 1)
-        self.fc_reg = nn.Dense(fc_out_channels, num_classes * 4)
-        self.relu = nn.ReLU()
+        self.bbox_roi_extractor = bbox_roi_extractor
+        self.bbox_head = bbox_head
+        self.mask_roi_extractor = mask_roi_extractor
+        self.mask_head = mask_head
+        self.max_rois = None  # the RPN's test_cfg.max_per_img, set by the detector
+        self.test_cfg = None  # mmdetection's test_cfg.rcnn, set by the detector
 
-    @ms.jit
-    def construct(self, roi_feats):
-        x = roi_feats.reshape(roi_feats.shape[0], -1)
-        for fc in self.shared_fcs:
-            x = self.relu(fc(x))
-        return ops.softmax(self.fc_cls(x), axis=-1), self.fc_reg(x)
+    @property
+    def with_mask(self):
+        return self.mask_head is not None
 
+    def predict(self, feats, proposals, metas, **kwargs):
+        """One result dict per image (``boxes`` in input-image pixels, ``scores``,
+        ``labels`` and, with masks, ``masks``) from numpy pyramid ``feats`` (N, C, H, W),
+        the proposals (K_i, 4) of each image and their :class:`~.preprocess.ImageMeta`."""
+        results = self.predict_bbox(feats, metas, proposals, rescale=not self.with_mask,
+                                    **kwargs)
+        if self.with_mask:
+            results = self.predict_mask(feats, metas, results, **kwargs)
+        return results
 
-def multiclass_nms(boxes, scores, score_thr=0.05, iou_threshold=0.5, max_per_img=100):
-    """Per-class NMS over (K, C, 4) boxes and (K, C) scores (background column removed).
+    def _bbox_forward(self, feats, rois):
+        """Class logits and deltas of the RoIs."""
+        return run_in_chunks(self.bbox_head, [self.bbox_roi_extractor(feats, rois)],
+                             self.max_rois)
 
-    Returns boxes (M, 4), scores (M,) and labels (M,), by decreasing score.
-    """
-    num_classes = scores.shape[1]
-    boxes, scores = boxes.reshape(-1, 4), scores.reshape(-1)
-    labels = np.tile(np.arange(num_classes), len(scores) // max(num_classes, 1))
-    valid = np.nonzero(scores > np.float32(score_thr))[0]
-    boxes, scores, labels = boxes[valid], scores[valid], labels[valid]
-    keep = batched_nms(boxes, scores, labels, iou_threshold)[:max_per_img]
-    return boxes[keep], scores[keep], labels[keep]
+    def predict_bbox(self, feats, metas, proposals, rescale=True):
+        if sum(len(p) for p in proposals) == 0:
+            return [empty_result(meta, False) for meta in metas]
+        rois = bbox2roi(proposals)
+        cls_score, bbox_pred = self._bbox_forward(feats, rois)
+        return self._post_process(self.bbox_head, rois, cls_score, bbox_pred, metas, rescale)
 
+    def _post_process(self, bbox_head, rois, cls_score, bbox_pred, metas, rescale):
+        results = []
+        for i, meta in enumerate(metas):
+            mine = rois[:, 0] == i
+            if not mine.any():
+                results.append(empty_result(meta, False))
+                continue
+            boxes, scores, labels = bbox_head.predict_by_feat(
+                rois[mine, 1:], cls_score[mine], bbox_pred[mine], meta, self.test_cfg,
+                rescale)
+            results.append(dict(boxes=boxes, scores=scores, labels=labels))
+        return results
 
-class RoIHead(nn.Cell):
-    """Boxes, scores and labels of one image from its proposals (test time).
+    def _mask_probs(self, feats, rois):
+        """Mask probabilities (K, C, 28, 28) of the RoIs."""
+        logits, = run_in_chunks(self.mask_head, [self.mask_roi_extractor(feats, rois)],
+                                self.test_cfg["max_per_img"])
+        return sigmoid(logits)
 
-    ``bbox_head`` runs as a graph on a fixed number of RoIs (``max_rois``, zero-padded), so
-    that it compiles once; the rest is host numpy.
-    """
-
-    def __init__(self, num_classes=80, max_rois=1000, score_thr=0.05, iou_threshold=0.5,
-                 max_per_img=100):
-        super().__init__()
-        self.bbox_roi_extractor = SingleRoIExtractor()
-        self.bbox_head = Shared2FCBBoxHead(num_classes=num_classes)
-        self.coder = DeltaXYWHBBoxCoder(stds=(0.1, 0.1, 0.2, 0.2))
-        self.max_rois = max_rois
-        self.score_thr = score_thr
-        self.iou_threshold = iou_threshold
-        self.max_per_img = max_per_img
-
-    def predict(self, feats, proposals, img_shape, scale_factor):
-        """``feats``: numpy levels of one image; ``proposals`` (K, 4) in network-input pixels.
-
-        Boxes come back in input-image pixels (divided by ``scale_factor`` (w, h)).
-        """
-        num_classes = self.bbox_head.num_classes
-        if len(proposals) == 0:
-            return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros(
-                (0,), np.int64)
-        rois = np.concatenate([np.zeros((len(proposals), 1), np.float32), proposals], axis=1)
-        roi_feats = self.bbox_roi_extractor(feats, rois)
-        probs, deltas = self.forward_box_head(roi_feats)
-        boxes = self.coder.decode(proposals, deltas, max_shape=img_shape)
-        w_scale, h_scale = scale_factor
-        boxes = boxes * np.float32([1 / w_scale, 1 / h_scale] * 2 * num_classes)
-        return multiclass_nms(boxes.reshape(len(rois), num_classes, 4), probs[:, :num_classes],
-                              self.score_thr, self.iou_threshold, self.max_per_img)
-
-    def forward_box_head(self, roi_feats):
-        """Class probabilities and deltas, run in chunks of ``max_rois`` (one compiled shape)."""
-        probs, deltas = [], []
-        for start in range(0, len(roi_feats), self.max_rois):
-            chunk = roi_feats[start:start + self.max_rois]
-            padded = np.zeros((self.max_rois,) + chunk.shape[1:], np.float32)
-            padded[:len(chunk)] = chunk
-            p, d = self.bbox_head(Tensor(padded))
-            probs.append(p.asnumpy()[:len(chunk)])
-            deltas.append(d.asnumpy()[:len(chunk)])
-        return np.concatenate(probs), np.concatenate(deltas)
-
+    def predict_mask(self, feats, metas, results, **kwargs):
+        """Adds ``masks`` to each image's result and divides its boxes by the scale factor."""
+        if sum(len(r["boxes"]) for r in results) == 0:
+            return [empty_result(meta, True) for meta in metas]
+        rois = bbox2roi([r["boxes"] for r in results])
+        probs = self._mask_probs(feats, rois, **kwargs)
+        for i, (meta, result) in enumerate(zip(metas, results)):
+            mine = rois[:, 0] == i
+            result["boxes"], result["masks"] = predict_masks(
+                probs[mine], result["boxes"], result["labels"], meta, self.test_cfg)
+        return results

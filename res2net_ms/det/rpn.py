@@ -12,24 +12,47 @@ class RPNHead(nn.Cell):
     """A shared 3x3 conv + ReLU, then per anchor an objectness (sigmoid) and 4 box deltas.
 
     Applied to every pyramid level; returns the objectness probabilities (N, A, H, W) and
-    deltas (N, 4A, H, W) of each level.
+    deltas (N, 4A, H, W) of each level. The anchors per location come from
+    ``anchor_generator``, which also places them for :meth:`predict`.
     """
 
-    def __init__(self, in_channels=256, feat_channels=256, num_anchors=3):
+    def __init__(self, anchor_generator, in_channels=256, feat_channels=256, coder=None):
         super().__init__()
+        self.anchor_generator = anchor_generator
+        self.coder = coder or DeltaXYWHBBoxCoder()
+        num_anchors = anchor_generator.num_base_anchors
         self.rpn_conv = nn.Conv2d(in_channels, feat_channels, 3, pad_mode="pad", padding=1,
                                   has_bias=True)
         self.rpn_cls = nn.Conv2d(feat_channels, num_anchors, 1, has_bias=True)
         self.rpn_reg = nn.Conv2d(feat_channels, num_anchors * 4, 1, has_bias=True)
         self.relu = nn.ReLU()
 
-    def construct(self, feats):
-        scores, deltas = (), ()
+    def forward_logits(self, feats):
+        """Objectness logits (N, A, H, W) and deltas (N, 4A, H, W) of each level (training
+        takes the logits)."""
+        logits, deltas = (), ()
         for x in feats:
             x = self.relu(self.rpn_conv(x))
-            scores = scores + (ops.sigmoid(self.rpn_cls(x)),)
+            logits = logits + (self.rpn_cls(x),)
             deltas = deltas + (self.rpn_reg(x),)
+        return logits, deltas
+
+    def construct(self, feats):
+        logits, deltas = self.forward_logits(feats)
+        scores = ()
+        for logit in logits:
+            scores = scores + (ops.sigmoid(logit),)
         return scores, deltas
+
+    def predict(self, scores, deltas, img_shape, cfg):
+        """Proposals (boxes (K, 4), scores (K,)) of one image from its per-level numpy
+        ``scores`` (A, H, W) and ``deltas`` (4A, H, W); ``cfg`` is mmdetection's
+        ``test_cfg.rpn`` (``nms_pre``, ``max_per_img``, ``nms.iou_threshold``,
+        ``min_bbox_size``)."""
+        anchors = self.anchor_generator.grid_anchors([s.shape[1:] for s in scores])
+        return select_proposals(scores, deltas, anchors, img_shape, cfg["nms_pre"],
+                                cfg["max_per_img"], cfg["nms"]["iou_threshold"],
+                                cfg["min_bbox_size"], self.coder)
 
 
 def select_proposals(scores, deltas, anchors, img_shape, nms_pre=1000, max_per_img=1000,
