@@ -157,8 +157,12 @@ def test_the_key_covers_what_shapes_a_graph_and_not_the_weights(monkeypatch, gra
 
 
 def test_the_key_is_the_same_in_another_process(graph_mode):
+    """Under the same context: an earlier test of the session (conftest's ``trained`` run)
+    may have switched determinism on, which is part of the key."""
+    deterministic = ms.get_context("deterministic") == "ON"
     code = ("import mindspore as ms, numpy as np\n"
             "ms.set_context(mode=ms.GRAPH_MODE, jit_config={'jit_level': 'O2'})\n"
+            f"if {deterministic}: ms.set_deterministic(True)\n"
             "from res2net_ms.compile_cache import graph_key\n"
             "from res2net_ms.factory import create_model\n"
             "net = create_model('res2net50_26w_4s', num_classes=10, layers=[1, 1, 1, 1])\n"
