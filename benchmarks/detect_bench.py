@@ -12,8 +12,9 @@ worker builds the full-size detector, gives it random weights that make every he
 an mmdetection checkpoint; our worker reads that checkpoint. Both then run photos resized to
 exactly 800x1333 (scikit-learn's, cropped to 3:5): the first call (ours: graph compilation),
 then ``--runs`` timed calls of each batch size, four different photos per batch of four.
-Printed: medians of seconds per image and their ratio, the machine (CPU, load average before
-each worker; a ratio measured while the load average was above ``--busy-load`` is marked), and
+Printed: medians of seconds per image and their ratio, the machine (``machine.py``: CPU, load
+average; a ratio is marked busy when the load average was 0.5 or more at the start or other
+processes took 10% of the CPUs while a worker ran), and
 how many of mmdetection's detections of the first photo ours found (same label, IoU >= 0.99,
 score within 1e-3): the full-size check of the parity the tests prove at small sizes.
 Needs the test extra and ``tests/requirements-mmdet.txt``.
@@ -21,15 +22,14 @@ Needs the test extra and ``tests/requirements-mmdet.txt``.
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULT = "DETECT_BENCH_RESULT "
+import machine
+
+REPO = machine.REPO
 DETECTORS = ("faster_rcnn_r2_101_fpn", "mask_rcnn_r2_101_fpn", "cascade_rcnn_r2_101_fpn",
              "cascade_mask_rcnn_r2_101_fpn", "htc_r2_101_fpn")
 
@@ -144,41 +144,19 @@ def worker_ours(opts):
 
 
 # --------------------------------------------------------------------------- driver
-def load_average():
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def run_worker(kind, detector, weights, opts):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--detector", detector,
            "--weights", weights, "--runs", str(opts.runs), "--batch-sizes",
            *map(str, opts.batch_sizes)]
-    load = load_average()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=dict(os.environ),
-                          timeout=opts.timeout)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]
-    if proc.returncode or not lines:
-        tail = " ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-        return dict(error=f"{kind} worker failed: {tail[-400:]}", load=load)
-    return dict(json.loads(lines[-1][len(RESULT):]), load=load)
+    return machine.result_of(*machine.run(cmd, opts.timeout))
 
 
-def row(detector, mmdet, ours, size, busy_load):
+def row(detector, mmdet, ours, size, load_at_start):
     if "error" in mmdet or "error" in ours:
         return f"| {detector} | b{size} | {mmdet.get('error') or ours.get('error')} |"
     theirs = statistics.median(mmdet["times"][size]["per_image"])
     mine = statistics.median(ours["times"][size]["per_image"])
-    busy = max(mmdet["load"], ours["load"]) > busy_load
+    busy = machine.busy(load_at_start, [mmdet["machine"], ours["machine"]])
     ratio = f"{mine / theirs:.2f}" + (" (busy)" if busy else "")
     same = agreement(mmdet["detections"], ours["detections"])
     count = len(mmdet["detections"]["boxes"])
@@ -191,8 +169,6 @@ def main(argv=None):
     p.add_argument("--detectors", nargs="+", default=DETECTORS, choices=DETECTORS)
     p.add_argument("--runs", type=int, default=2, help="timed calls per batch size")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=(1, 4))
-    p.add_argument("--busy-load", type=float, default=0.5,
-                   help="1-minute load average above which a ratio is marked busy")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per worker")
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "detect_bench.json"))
     p.add_argument("--worker", choices=("mmdet", "ours"), help=argparse.SUPPRESS)
@@ -200,12 +176,13 @@ def main(argv=None):
     p.add_argument("--weights", help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     if opts.worker:
-        result = (worker_mmdet if opts.worker == "mmdet" else worker_ours)(opts)
-        print(RESULT + json.dumps(result), flush=True)
+        machine.report((worker_mmdet if opts.worker == "mmdet" else worker_ours)(opts))
         return 0
-    report = dict(cpu=cpu_model(), cores=os.cpu_count(), date=time.strftime("%Y-%m-%d %H:%M"),
+    report = dict(machine=machine.machine(), date=time.strftime("%Y-%m-%d %H:%M"),
                   detectors={})
-    print(f"{report['cpu']}, {report['cores']} cores; load average {load_average():.2f}")
+    load_at_start = report["machine"]["load_average"][0]
+    print(f"{report['machine']['cpu']}, {report['machine']['cores']} cores; load average "
+          f"{load_at_start:.2f}")
     lines = ["| detector | batch | mmdetection s/image | ours s/image | ours / mmdetection | "
              "ours first call (s) | same boxes |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -214,11 +191,14 @@ def main(argv=None):
             weights = os.path.join(tmp, f"{detector}.pth")
             mmdet = run_worker("mmdet", detector, weights, opts)
             ours = run_worker("ours", detector, weights, opts) if "error" not in mmdet else \
-                dict(error="skipped: no weights", load=float("nan"))
+                dict(error="skipped: no weights")
             report["detectors"][detector] = dict(mmdet=mmdet, ours=ours)
             for size in map(str, opts.batch_sizes):
-                lines.append(row(detector, mmdet, ours, size, opts.busy_load))
+                lines.append(row(detector, mmdet, ours, size, load_at_start))
                 print(lines[-1], flush=True)
+    why = machine.busy(load_at_start, [w["machine"] for d in report["detectors"].values()
+                                       for w in d.values() if "machine" in w])
+    lines.append("" if why is None else f"\n(busy) the machine was not quiet: {why}")
     print("\n".join([""] + lines))
     with open(opts.out, "w") as f:
         json.dump(report, f, indent=1)
