@@ -20,7 +20,7 @@ from res2net_ms.det.box_coder import DeltaXYWHBBoxCoder
 from res2net_ms.det.preprocess import ImageMeta, preprocess
 from res2net_ms.det.roi_head import map_roi_levels
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.mmdet]  # runs mmdetection itself
 torch = pytest.importorskip("torch")
 import mmdet_reference  # noqa: E402  (needs torch)
 

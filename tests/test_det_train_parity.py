@@ -30,7 +30,7 @@ from res2net_ms.det.sampler import RandomSampler
 from res2net_ms.det.train_inputs import collate_train, resize_masks
 from res2net_ms.det.train_step import TrainStep
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.mmdet]  # runs mmdetection itself
 torch = pytest.importorskip("torch")
 import mmdet_reference  # noqa: E402  (needs torch)
 
