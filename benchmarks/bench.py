@@ -39,19 +39,13 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
 
 import machine
-from machine import busy, describe_rates, matmul_rates, report, result_of
+from machine import (MINDCV_NAMES, TIMM_NAMES, busy, describe_rates, matmul_rates, report,
+                     result_of, timed, versions, write_json)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# Our zoo name -> the same network in mindcv (timm uses our names, or these aliases).
-MINDCV_NAMES = {"res2net50_26w_4s": "res2net50", "res2net101_26w_4s": "res2net101",
-                "res2net152_26w_4s": "res2net152", "res2net50_v1b_26w_4s": "res2net50_v1b",
-                "res2net101_v1b_26w_4s": "res2net101_v1b",
-                "res2net152_v1b_26w_4s": "res2net152_v1b"}
-TIMM_NAMES = {"res2net50_v1b_26w_4s": "res2net50d", "res2net101_v1b_26w_4s": "res2net101d"}
 TARGETS = {"train": ("torch", 0.9), "infer": ("torch", 0.7), "first": ("mindcv", 0.8),
            "rss": ("torch", 1.0)}
 AMP = {"fp32": "O0", "fp16": "O2"}
@@ -71,32 +65,15 @@ def _inputs(batch, size, num_classes, seed=0):
             rng.integers(0, num_classes, batch).astype(np.int32))
 
 
-def _timed(fn, steps):
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def _peak_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _measure(train_call, infer_call, opts):
     """The common protocol: first step, warm-up, timed steps, peak RSS, then inference."""
-    start = time.perf_counter()
-    train_call()
-    first = time.perf_counter() - start
-    train_call()
-    train = _timed(train_call, opts.steps)
+    first, _, *train = timed(train_call, 2 + opts.steps)
     rss = _peak_rss()
-    start = time.perf_counter()
-    infer_call()
-    infer_first = time.perf_counter() - start
-    infer_call()
-    infer = _timed(infer_call, opts.infer_steps)
+    infer_first, _, *infer = timed(infer_call, 2 + opts.infer_steps)
     return {"first": first, "train": train, "rss": rss, "infer_first": infer_first,
             "infer": infer}
 
@@ -295,16 +272,6 @@ WORKERS = {"ours": worker_ours, "mindcv": worker_mindcv, "torch": worker_torch,
 
 
 # --------------------------------------------------------------------------- driver
-def versions():
-    found = {}
-    for pkg in ("mindspore", "mindcv", "torch", "timm", "numpy"):
-        try:
-            found[pkg] = version(pkg)
-        except PackageNotFoundError:
-            found[pkg] = None
-    return found
-
-
 def run_worker(kind, opts):
     """One subprocess running worker ``kind``: its result dict (or ``{"error": ...}``) with
     the machine's state while it ran."""
@@ -563,14 +530,6 @@ def main(argv=None):
         return 0
     write_json(opts.out, step_benchmark(opts))
     return 0
-
-
-def write_json(path, result):
-    """Written once every worker has run: importing the package imports MindSpore."""
-    from res2net_ms.fileio import write_text
-
-    write_text(path, json.dumps(result, indent=1))
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ score within 1e-3): the full-size check of the parity the tests prove at small s
 Needs the test extra and ``tests/requirements-mmdet.txt``.
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -43,19 +42,6 @@ def photos():
     china, flower = load_sample_image("china.jpg"), load_sample_image("flower.jpg")
     crops = [china[:384], china[-384:, ::-1], flower[:384], flower[-384:, ::-1]]
     return [np.ascontiguousarray(c) for c in crops]
-
-
-def timed(fn, runs):
-    """Seconds of the first call, then of each of ``runs`` calls."""
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return first, times
 
 
 def boxes_of(boxes, scores, labels):
@@ -89,7 +75,7 @@ def measure(predict, images, opts):
     out = {}
     for size in opts.batch_sizes:
         batch = images[:size]
-        first, times = timed(lambda: predict(batch), opts.runs)
+        first, *times = machine.timed(lambda: predict(batch), 1 + opts.runs)
         out[str(size)] = dict(first=first, per_image=[t / size for t in times])
     return out
 
@@ -200,9 +186,7 @@ def main(argv=None):
                                        for w in d.values() if "machine" in w])
     lines.append("" if why is None else f"\n(busy) the machine was not quiet: {why}")
     print("\n".join([""] + lines))
-    with open(opts.out, "w") as f:
-        json.dump(report, f, indent=1)
-    print(f"wrote {opts.out}")
+    machine.write_json(opts.out, report)
     return 0
 
 

@@ -41,11 +41,13 @@ import tempfile
 import time
 
 import machine
-from machine import busy, describe_rates, matmul_rates, report, result_of
+from machine import (MINDCV_NAMES, TIMM_NAMES, busy, describe_rates, last_line, matmul_rates,
+                     report, result_of, versions, write_json)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLASSES = 8
-MODELS = {"ours": "res2net50_26w_4s", "mindcv": "res2net50", "torch": "res2net50_26w_4s"}
+MODEL = "res2net50_26w_4s"
+MODELS = {"ours": MODEL, "mindcv": MINDCV_NAMES[MODEL], "torch": TIMM_NAMES.get(MODEL, MODEL)}
 # Goals of issue 21 (images per second, ours / theirs).
 GOALS = {"mindcv": 1.15, "torch": 1.0}
 # The recipe all three run (train.py's defaults where it has them).
@@ -98,11 +100,12 @@ def worker_photos(opts):
 
     import mindspore as ms
 
+    from res2net_ms.ckpt import save_ckpt
     from res2net_ms.factory import create_model
 
     ms.set_seed(0)
-    ms.save_checkpoint(create_model(MODELS["ours"], num_classes=CLASSES),
-                       os.path.join(opts.data, "ours.ckpt"))
+    net = create_model(MODELS["ours"], num_classes=CLASSES)
+    save_ckpt({p.name: p for p in net.get_parameters()}, os.path.join(opts.data, "ours.ckpt"))
     return {"train": opts.images, "val": len(val)}
 
 
@@ -285,8 +288,7 @@ def _ours_train(opts):
         proc, info = machine.run([sys.executable, "train.py", *_train_flags(opts, save_dir)],
                                  opts.timeout, env={"R2N_COMPILE_CACHE": "0"})
         if proc.returncode:
-            return {"error": f"train.py exit {proc.returncode}: "
-                             f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:]}",
+            return {"error": f"train.py exit {proc.returncode}: {last_line(proc)}",
                     "machine": info}
         with open(os.path.join(save_dir, "metrics.jsonl"), encoding="utf-8") as f:
             record = json.loads(f.readline())
@@ -303,8 +305,7 @@ def _ours_predict(opts, folder, cache_dir=None):
     env = {"R2N_CACHE_DIR": cache_dir} if cache_dir else {"R2N_COMPILE_CACHE": "0"}
     proc, info = machine.run(cmd, opts.timeout, env=env)
     if proc.returncode:
-        return {"error": f"predict exit {proc.returncode}: {proc.stderr.strip()[-300:]}",
-                "machine": info}
+        return {"error": f"predict exit {proc.returncode}: {last_line(proc)}", "machine": info}
     return {"images": len(proc.stdout.splitlines()) // 5, "machine": info}
 
 
@@ -489,8 +490,6 @@ def main(argv=None):
     print(f"\n{time.perf_counter() - start:.0f} s; load average now "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           + (f"not quiet: {not_quiet}" if not_quiet else "quiet throughout"))
-    from bench import versions, write_json
-
     write_json(opts.out, {"options": {k: v for k, v in vars(opts).items()
                                       if k not in ("worker", "folder")},
                           "versions": versions(), "machine": box, "quiet": not_quiet is None,

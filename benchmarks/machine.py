@@ -13,6 +13,8 @@
   PyTorch's OpenMP threads collapse when another process runs on the cores (its training step
   went from 2.2 s to 17 s once here), so a ratio to PyTorch measured on a busy machine flatters
   us: :func:`busy` says why the machine was not quiet, and the tables then give no such ratio.
+* What every driver shares: the peers' names of our networks, the timing loop
+  (:func:`timed`), the package versions and the JSON report (:func:`write_json`).
 
 ``python benchmarks/machine.py`` prints the machine, both MatMul rates and whether it is quiet.
 """
@@ -24,20 +26,21 @@ import resource
 import subprocess
 import sys
 import time
+from importlib.metadata import PackageNotFoundError, version
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 RESULT = "BENCH_RESULT "
 
 
-def shell_environment():
-    """The environment this process started with: the user's shell's. Read from
-    ``/proc/self/environ`` where there is one, because ``os.environ`` is not it in a process
+def shell_environment(pid="self"):
+    """The environment this process (or process ``pid``) started with: the user's shell's.
+    Read from ``/proc/<pid>/environ`` where there is one, because ``os.environ`` is not it in a process
     that imported MindSpore: that adds ``LD_LIBRARY_PATH`` (its own library folder),
     ``KMP_DUPLICATE_LIB_OK``, ``PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python`` and
     ``HCCL_CONNECT_TIMEOUT`` to it (and ``OMP_NUM_THREADS=1`` to the C environment alone)."""
     try:
-        with open("/proc/self/environ", "rb") as f:
+        with open(f"/proc/{pid}/environ", "rb") as f:
             entries = [e for e in f.read().split(b"\0") if b"=" in e]
     except OSError:
         return dict(os.environ)
@@ -50,6 +53,12 @@ QUIET_LOAD = 0.5
 # ... and other processes took less than this share of the CPUs while each worker ran.
 QUIET_SHARE = 0.10
 FRAMEWORKS = ("mindspore", "torch")
+# Our zoo name -> the same network in mindcv (timm uses our names, or these aliases).
+MINDCV_NAMES = {"res2net50_26w_4s": "res2net50", "res2net101_26w_4s": "res2net101",
+                "res2net152_26w_4s": "res2net152", "res2net50_v1b_26w_4s": "res2net50_v1b",
+                "res2net101_v1b_26w_4s": "res2net101_v1b",
+                "res2net152_v1b_26w_4s": "res2net152_v1b"}
+TIMM_NAMES = {"res2net50_v1b_26w_4s": "res2net50d", "res2net101_v1b_26w_4s": "res2net101d"}
 
 
 def _cpu_seconds():
@@ -93,6 +102,13 @@ def run(cmd, timeout, cwd=REPO, env=None):
     return proc, info
 
 
+def last_line(proc):
+    """What a failed process said last (its error, as a rule): one line of at most 300
+    characters."""
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+    return tail[0][:300]
+
+
 def result_of(proc, info=None):
     """The worker's result dict (its ``BENCH_RESULT`` line), or ``{"error": ...}``; with the
     machine's state while it ran (``info`` of :func:`run`) under ``"machine"``."""
@@ -101,8 +117,7 @@ def result_of(proc, info=None):
             result = json.loads(line[len(RESULT):])
             break
     else:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        result = {"error": f"exit {proc.returncode}: {tail[0][:300]}"}
+        result = {"error": f"exit {proc.returncode}: {last_line(proc)}"}
     if info is not None:
         result["machine"] = info
     return result
@@ -111,6 +126,37 @@ def result_of(proc, info=None):
 def report(result):
     """What a worker prints for its driver: one ``BENCH_RESULT`` line."""
     print(RESULT + json.dumps(result), flush=True)
+
+
+def timed(fn, calls):
+    """The seconds of each of ``calls`` calls of ``fn``."""
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def versions():
+    """The versions of the frameworks and libraries compared (None: not installed), read
+    without importing them."""
+    found = {}
+    for pkg in ("mindspore", "mindcv", "torch", "timm", "numpy"):
+        try:
+            found[pkg] = version(pkg)
+        except PackageNotFoundError:
+            found[pkg] = None
+    return found
+
+
+def write_json(path, result):
+    """Write a driver's report; called once every worker has run: importing the package
+    imports MindSpore."""
+    from res2net_ms.fileio import write_text
+
+    write_text(path, json.dumps(result, indent=1))
+    print(f"wrote {path}")
 
 
 def machine():
@@ -159,12 +205,7 @@ def _matmul_torch(n):
 
 
 def _best_rate(call, n, repeats=5):
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n ** 3 / min(timed(call, repeats)) / 1e9
 
 
 MATMUL = {"mindspore": _matmul_mindspore, "torch": _matmul_torch}

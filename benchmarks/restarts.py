@@ -147,12 +147,11 @@ def main(argv=None):
     not_quiet = machine.busy(box["load_average"][0], [])
     lines.append(f"not quiet: {not_quiet}" if not_quiet else "quiet at the start")
     print("\n".join(lines))
-    from bench import versions, write_json
-
-    write_json(opts.out, {"options": vars(opts), "versions": versions(), "machine": box,
-                          "matmul": rates, "load_average_end": list(os.getloadavg()),
-                          "quiet": not_quiet is None, "not_quiet": not_quiet,
-                          "runs": runs})
+    machine.write_json(opts.out, {"options": vars(opts), "versions": machine.versions(),
+                                  "machine": box, "matmul": rates,
+                                  "load_average_end": list(os.getloadavg()),
+                                  "quiet": not_quiet is None, "not_quiet": not_quiet,
+                                  "runs": runs})
     return 0
 
 

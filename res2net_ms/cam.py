@@ -17,7 +17,7 @@ from PIL import Image
 
 from .fileio import atomic_write
 from .inference import InputError, add_weights_arguments, load_model, read_image
-from .process import exit_process, fail
+from .process import exit_process, run_command
 
 __all__ = ["grad_cam", "cam_image", "overlay", "main"]
 
@@ -139,17 +139,16 @@ def build_parser():
     return p
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        result = run(args.image, args.out, args.model, args.ckpt_path, args.pretrained,
-                     args.class_index, args.stage, args.labels, args.ema)
-    except (ValueError, OSError) as exc:
-        return fail(exc)
+def _command(args):
+    result = run(args.image, args.out, args.model, args.ckpt_path, args.pretrained,
+                 args.class_index, args.stage, args.labels, args.ema)
     h, w = result["map_size"]
     print(f"wrote {args.out}: Grad-CAM of class {result['class']} ({result['label']}, "
           f"{100 * result['probability']:.2f}%) at stage {result['stage']} ({h}x{w} map)")
-    return 0
+
+
+def main(argv=None):
+    return run_command(build_parser, _command, argv)
 
 
 if __name__ == "__main__":

@@ -53,8 +53,7 @@ from mindspore.communication import GlobalComm, get_group_size, get_rank
 from mindspore.ops import Primitive
 from mindspore.train import mind_ir_pb2
 
-from .fileio import TEMP_MARK, atomic_write, remove_stale_temporaries
-from .hub import cache_folder
+from .fileio import TEMP_MARK, atomic_write, cache_folder, remove_stale_temporaries, sha256_file
 
 __all__ = ["ENV_SWITCH", "MAX_BYTES", "MAX_ENTRIES", "cache_root", "compile_cell", "enabled",
            "graph_key", "stats"]
@@ -321,14 +320,6 @@ def _mindspore_cache_on(path):
 
 
 # --------------------------------------------------------------------------- entries
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _checked_entry(entry, key):
     """The manifest of the entry ``entry`` after checking every file it lists; None when
     there is no entry; raises :class:`_Damaged`."""
@@ -346,7 +337,7 @@ def _checked_entry(entry, key):
         path = os.path.join(entry, name)
         if not os.path.isfile(path):
             raise _Damaged(f"{name} is missing")
-        if os.path.getsize(path) != info.get("bytes") or _sha256(path) != info.get("sha256"):
+        if os.path.getsize(path) != info.get("bytes") or sha256_file(path) != info.get("sha256"):
             raise _Damaged(f"{name} does not match its sha256")
     return manifest
 
@@ -392,7 +383,7 @@ def _publish(entry, key, summary, written, index, seconds):
             name = os.path.basename(path).replace(f"compile_cache_{index}",
                                                   "compile_cache_@")
             shutil.copyfile(path, os.path.join(tmp, name))
-            files[name] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
+            files[name] = {"bytes": os.path.getsize(path), "sha256": sha256_file(path)}
         manifest = {"format": FORMAT, "key": key, "files": files,
                     "compile_seconds": round(seconds, 3), "summary": summary}
         with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:

@@ -7,14 +7,13 @@ import json
 import os
 
 from .data import ImageError, bad_images
-from .det.cli import (add_detector_arguments, check_detector_args, detector_from_args,
-                      run_command)
+from .det.cli import add_detector_arguments, check_detector_args, detector_from_args
 from .det.coco import category_ids, to_coco_results
 from .det.draw import draw_detections
 from .det.preprocess import load_image
 from .fileio import write_bytes, write_text
 from .inference import find_images
-from .process import exit_process
+from .process import exit_process, run_command
 
 
 def build_parser():

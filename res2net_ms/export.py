@@ -30,7 +30,7 @@ from .fileio import atomic_write
 from .inference import (MINDIR_KEY, InputError, LoadedModel, add_weights_arguments,
                         load_model, set_mode)
 from .models.fuse import export_form
-from .process import exit_process, fail
+from .process import exit_process, run_command
 
 __all__ = ["ExportError", "FORMATS", "TOLERANCE", "export", "main", "run_exported"]
 
@@ -155,20 +155,14 @@ def build_parser():
     return p
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def _command(args):
     set_mode(0)
-    try:
-        if args.ckpt_path and args.ckpt_path.lower().endswith(".mindir"):
-            raise InputError(f"{args.ckpt_path} is an exported file already: export the "
-                             f"checkpoint it was made from")
-        loaded = load_model(args.model, args.ckpt_path, args.pretrained, ema=args.ema)
-        out = args.out or f"{loaded.model}.{args.format.lower()}"
-        result = export(loaded, out, args.format, args.batch, args.image_size)
-    except (ValueError, OSError) as exc:
-        return fail(exc)
-    except ExportError as exc:
-        return fail(exc, status=1)
+    if args.ckpt_path and args.ckpt_path.lower().endswith(".mindir"):
+        raise InputError(f"{args.ckpt_path} is an exported file already: export the "
+                         f"checkpoint it was made from")
+    loaded = load_model(args.model, args.ckpt_path, args.pretrained, ema=args.ema)
+    out = args.out or f"{loaded.model}.{args.format.lower()}"
+    result = export(loaded, out, args.format, args.batch, args.image_size)
     pre, size = loaded.preprocess, result["input_shape"][-1]
     print(f"wrote {result['path']} ({result['format']}, {result['bytes'] / 2**20:.1f} MiB): "
           f"{loaded.model}, input ({', '.join(map(str, result['input_shape']))}) float32 NCHW, "
@@ -182,7 +176,11 @@ def main(argv=None):
         runner = "mindspore.load + nn.GraphCell" if result["format"] == "MINDIR" else "onnxruntime"
         print(f"checked with {runner}: max |delta| = {result['max_rel_diff']:.1e} of the largest "
               f"logit (tolerance {TOLERANCE[result['format']]:g})")
-    return 0
+
+
+def main(argv=None):
+    """0; 2 for bad input; 1 when the export failed or its file does not compute the logits."""
+    return run_command(build_parser, _command, argv, statuses={ExportError: 1})
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Writing files so that a crash, a kill or a full disk never leaves half a file under a real name.
+"""Files: written so that a crash, a kill or a full disk never leaves half a file under a real
+name, checked by their sha256, and the one cache folder every cache of the package lives in.
 
 Every file the project writes goes through :func:`atomic_write`: the content is written to a
 temporary name in the target folder, flushed and fsynced, renamed over the target, and the
@@ -7,12 +8,15 @@ temporary file is removed and the previous file, if any, stays as it was.
 """
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import shutil
 
 __all__ = ["atomic_write", "write_text", "write_bytes", "remove_stale_temporaries", "WriteError",
-           "TEMP_MARK"]
+           "TEMP_MARK", "ENV_CACHE_DIR", "cache_folder", "sha256_file"]
+
+ENV_CACHE_DIR = "R2N_CACHE_DIR"
 
 # Temporary names contain this mark and the writer's process id, so that readers (and kill
 # tests) recognise them and leftovers of killed writers can be removed.
@@ -137,3 +141,21 @@ def _alive(pid):
     except PermissionError:  # another user's process
         return True
     return True
+
+
+def cache_folder(cache_dir=None):
+    """The cache folder: ``cache_dir``, else ``$R2N_CACHE_DIR``, else ``~/.cache/res2net_ms``.
+    The weights, the compiled graphs and the CPU kernels all live below it, so one variable
+    moves them all."""
+    folder = cache_dir or os.environ.get(ENV_CACHE_DIR) or os.path.join(
+        os.path.expanduser("~"), ".cache", "res2net_ms")
+    return os.path.abspath(os.path.expanduser(os.fspath(folder)))
+
+
+def sha256_file(path):
+    """The sha256 (hex) of the file at ``path``, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

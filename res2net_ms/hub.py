@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .ckpt import CheckpointReadError, load_ckpt
 from .convert import convert_checkpoint
-from .fileio import TEMP_MARK
+from .fileio import ENV_CACHE_DIR, TEMP_MARK, cache_folder, sha256_file
 from .models import get_model_config
 from .process import launched_by_launcher
 
@@ -36,11 +36,10 @@ try:
 except ImportError:  # Windows: one process per machine downloads anyway
     fcntl = None
 
-__all__ = ["ENV_CACHE_DIR", "ENV_WEIGHTS_URL", "WeightsError", "cache_folder", "download",
-           "fetch_converted", "hash_prefix", "pretrained_path", "weights_url"]
+__all__ = ["ENV_WEIGHTS_URL", "WeightsError", "download", "fetch_converted", "hash_prefix",
+           "pretrained_path", "weights_url"]
 
 ENV_WEIGHTS_URL = "R2N_WEIGHTS_URL"
-ENV_CACHE_DIR = "R2N_CACHE_DIR"
 _HASH = re.compile(r"-([0-9a-f]+)\.")
 _CHUNK = 1 << 20
 _logger = logging.getLogger("res2net_ms")
@@ -48,13 +47,6 @@ _logger = logging.getLogger("res2net_ms")
 
 class WeightsError(ValueError):
     """Pretrained weights cannot be had: no published file, a failed or corrupt download."""
-
-
-def cache_folder(cache_dir=None):
-    """The cache folder: ``cache_dir``, else ``$R2N_CACHE_DIR``, else ``~/.cache/res2net_ms``."""
-    folder = cache_dir or os.environ.get(ENV_CACHE_DIR) or os.path.join(
-        os.path.expanduser("~"), ".cache", "res2net_ms")
-    return os.path.abspath(os.path.expanduser(os.fspath(folder)))
 
 
 def weights_url(weights, url):
@@ -146,14 +138,6 @@ def _check_hash(name, digest, origin, hint):
                            f"{name} says {prefix}: {hint}")
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _fetch_and_convert(weights, url, convert, target, timeout, progress):
     """Get the published file ``weights`` (put in the cache folder by hand, or downloaded
     from ``url``), check its hash, ``convert(file, target)`` it; a downloaded file is removed
@@ -161,7 +145,7 @@ def _fetch_and_convert(weights, url, convert, target, timeout, progress):
     folder = os.path.dirname(target)
     by_hand = os.path.join(folder, weights)
     if os.path.isfile(by_hand) and os.path.getsize(by_hand) > 0:
-        _check_hash(weights, _sha256(by_hand), by_hand,
+        _check_hash(weights, sha256_file(by_hand), by_hand,
                     "the file is corrupt or not the official one: delete it and fetch it again")
         _convert(convert, by_hand, weights, target)
         return

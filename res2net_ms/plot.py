@@ -9,7 +9,7 @@ import json
 import os
 
 from .fileio import atomic_write
-from .process import exit_process, fail
+from .process import exit_process, run_command
 
 __all__ = ["PANELS", "PlotError", "make_figure", "plot_runs", "read_run", "main"]
 
@@ -93,22 +93,25 @@ def plot_runs(run_dirs, out, labels=None):
     return out
 
 
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(prog="python -m res2net_ms.plot",
                                 description="Training curves of one or more runs.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR",
                    help="train.py ckpt_save_dir (holding metrics.jsonl)")
     p.add_argument("--out", default="curves.png", help="image to write (.png, .svg, .pdf)")
     p.add_argument("--labels", nargs="+", help="legend names of the runs (default: folders)")
-    args = p.parse_args(argv)
-    try:
-        if args.labels and len(args.labels) != len(args.runs):
-            raise PlotError(f"{len(args.labels)} labels for {len(args.runs)} runs")
-        plot_runs(args.runs, args.out, args.labels)
-    except (ValueError, OSError) as exc:
-        return fail(exc)
+    return p
+
+
+def _command(args):
+    if args.labels and len(args.labels) != len(args.runs):
+        raise PlotError(f"{len(args.labels)} labels for {len(args.runs)} runs")
+    plot_runs(args.runs, args.out, args.labels)
     print(f"wrote {args.out}: {', '.join(t for _, t in PANELS)} of {len(args.runs)} run(s)")
-    return 0
+
+
+def main(argv=None):
+    return run_command(build_parser, _command, argv)
 
 
 if __name__ == "__main__":

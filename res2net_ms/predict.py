@@ -18,7 +18,7 @@ import numpy as np
 from .compile_cache import compile_cell
 from .inference import (InputError, LoadedModel, add_weights_arguments, find_images,
                         load_model, read_image, set_mode)
-from .process import exit_process, fail
+from .process import exit_process, run_command
 
 __all__ = ["classify", "format_results", "main", "predict"]
 
@@ -120,16 +120,15 @@ def build_parser():
     return p
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def _command(args):
     set_mode(args.mode)
-    try:
-        results = predict(args.inputs, args.model, args.ckpt_path, args.pretrained, args.topk,
-                          args.labels, args.batch_size, ema=args.ema)
-    except (ValueError, OSError) as exc:
-        return fail(exc)
+    results = predict(args.inputs, args.model, args.ckpt_path, args.pretrained, args.topk,
+                      args.labels, args.batch_size, ema=args.ema)
     sys.stdout.write(format_results(results, args.format))
-    return 0
+
+
+def main(argv=None):
+    return run_command(build_parser, _command, argv)
 
 
 class _CallableModule(type(sys)):

@@ -1,5 +1,5 @@
 """Process-level helpers of the command-line tools: launcher detection, the slow-MindSpore
-warning and a clean exit."""
+warning, one-line failures and a clean exit."""
 import ctypes
 import logging
 import os
@@ -8,8 +8,8 @@ import sys
 
 import mindspore as ms
 
-__all__ = ["exit_process", "fail", "launched_by_launcher", "release_free_memory",
-           "warn_slow_mindspore"]
+__all__ = ["BAD_INPUT", "exit_process", "fail", "launched_by_launcher", "release_free_memory",
+           "run_command", "warn_slow_mindspore"]
 
 _LAUNCHER_ENV = ("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "RANK_SIZE",
                  "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
@@ -61,6 +61,26 @@ def fail(exc, status=2):
     return the exit status a command line returns for it."""
     print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
     return status
+
+
+# What a command reports as bad input (a wrong option, a missing or unreadable file, a missing
+# optional package): one line and status 2, not a traceback.
+BAD_INPUT = (ValueError, OSError, ImportError)
+
+
+def run_command(build_parser, run, argv=None, statuses=None):
+    """Parse ``argv`` with ``build_parser()`` and ``run(args)``: 0, or one ``error:`` line and
+    status 2 for bad input (:data:`BAD_INPUT`), or the status ``statuses`` gives the error's
+    type (``{ExportError: 1}``)."""
+    args = build_parser().parse_args(argv)
+    statuses = statuses or {}
+    try:
+        run(args)
+    except BAD_INPUT as exc:
+        return fail(exc)
+    except tuple(statuses) as exc:
+        return fail(exc, next(s for kind, s in statuses.items() if isinstance(exc, kind)))
+    return 0
 
 
 def _shutdown_hook(default):

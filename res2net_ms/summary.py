@@ -15,7 +15,7 @@ from mindspore import nn
 
 from .factory import create_model
 from .models import get_model_config
-from .process import exit_process, fail
+from .process import exit_process, run_command
 
 __all__ = ["count_macs", "summarize", "format_summary", "main"]
 
@@ -106,22 +106,24 @@ def format_summary(s):
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(prog="python -m res2net_ms.summary",
                                 description="Parameters, GMACs and stages of a zoo model.")
     p.add_argument("model", help="zoo model name or alias")
     p.add_argument("--image-size", "--image_size", dest="image_size", type=int, default=224)
     p.add_argument("--num-classes", "--num_classes", dest="num_classes", type=int,
                    default=1000)
-    args = p.parse_args(argv)
-    try:
-        if args.num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {args.num_classes}")
-        result = summarize(args.model, args.image_size, args.num_classes)
-    except ValueError as exc:
-        return fail(exc)
-    sys.stdout.write(format_summary(result))
-    return 0
+    return p
+
+
+def _command(args):
+    if args.num_classes < 0:
+        raise ValueError(f"num_classes must be >= 0, got {args.num_classes}")
+    sys.stdout.write(format_summary(summarize(args.model, args.image_size, args.num_classes)))
+
+
+def main(argv=None):
+    return run_command(build_parser, _command, argv)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ and mmdet ones.
 Costly things are made once per session and shared: the digits folder, the ``trained`` run
 (training, CAM and predict tests) and the ``small_detector``.
 """
+import fcntl
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import pytest
 
 from res2net_ms.data import write_digits_imagefolder
 from res2net_ms.engine import parse_run_args
+from res2net_ms.models import get_model_config, list_models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, "configs", "demo", "digits_cpu.yaml")
@@ -31,9 +33,38 @@ def pytest_configure(config):
     graphs), empty at the start and shared by the processes the tests start: graphs compiled
     by one test are reused by the next within the session, and nothing comes from another
     run or checkout."""
-    folder = tempfile.mkdtemp(prefix="res2net_ms-test-cache-")
+    folder = tempfile.mkdtemp(prefix="res2net_ms-test-cache-")  # one per pytest-xdist worker
     config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
     os.environ["R2N_CACHE_DIR"] = folder
+
+
+# Options that only repeat or resize the ops of a block: the depth (blocks a stage), the
+# width of a split and the number of splits (how often the split's 3x3 conv and add recur).
+SIZE_OPTIONS = ("layers", "base_width", "scale")
+
+
+def block_kind(name):
+    """What decides the ops of zoo model ``name``'s graph: its network and block options."""
+    cfg = get_model_config(name)
+    return cfg.arch, sorted((k, v) for k, v in cfg.kwargs.items() if k not in SIZE_OPTIONS)
+
+
+def _one_per_kind():
+    """The first model of each kind, the 50-layer 4-split ones preferred."""
+    def rank(name):
+        kwargs = get_model_config(name).kwargs
+        return kwargs.get("layers", (3, 4, 6, 3)) != (3, 4, 6, 3), kwargs.get("scale") != 4, name
+
+    chosen = {}
+    for name in sorted(list_models(), key=rank):
+        chosen.setdefault(str(block_kind(name)), name)
+    return sorted(chosen.values())
+
+
+# One model per kind of block, for the sweeps that compile (graph forward/backward, ONNX):
+# every other zoo model has the blocks of one of these with other sizes (asserted in
+# test_models), hence no op they lack; the numbers of every model are compared with timm's.
+ONE_PER_BLOCK_KIND = _one_per_kind()
 
 
 def run_args(digits_dir, save_dir, *extra, base="resume"):
@@ -78,7 +109,8 @@ def random_images(n=2, size=64, seed=0, channels=3):
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory):
     """scikit-learn digits as 32 px RGB PNGs: 1437 train / 360 val images, classes 0..9."""
-    return write_digits_imagefolder(str(tmp_path_factory.mktemp("data") / "digits"), size=32)
+    return once_per_session(tmp_path_factory, "data", lambda folder: write_digits_imagefolder(
+        str(folder / "digits"), size=32))[1]
 
 
 # conftest's ``trained`` run; deterministic, so that a resume from its epoch-2 checkpoint
@@ -94,10 +126,31 @@ def trained(digits_dir, tmp_path_factory):
     and predict tests that need a real model."""
     from res2net_ms.engine import train
 
-    save_dir = tmp_path_factory.mktemp("trained")
-    summary = train(run_args(digits_dir, save_dir, *TRAINED))
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    return summary, str(save_dir)
+    def build(save_dir):
+        summary = train(run_args(digits_dir, save_dir, *TRAINED))
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+        return summary
+
+    save_dir, summary = once_per_session(tmp_path_factory, "trained", build)
+    return summary, save_dir
+
+
+def once_per_session(tmp_path_factory, name, build):
+    """``(folder, build(folder))`` made once per test session. pytest-xdist runs the session
+    fixtures in each worker: there the first worker builds in the folder the workers share,
+    under a lock, and the others read the JSON result it left."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        folder = tmp_path_factory.mktemp(name)
+        return str(folder), build(folder)
+    shared = tmp_path_factory.getbasetemp().parent
+    folder, result = shared / name, shared / f"{name}.json"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not result.exists():
+            folder.mkdir(exist_ok=True)
+            value = build(folder)
+            result.write_text(json.dumps(value))
+    return str(folder), json.loads(result.read_text())
 
 
 @pytest.fixture

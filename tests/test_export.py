@@ -10,7 +10,7 @@ import pytest
 from mindspore import nn
 
 import res2net_ms
-from conftest import random_images, randomised_torch
+from conftest import ONE_PER_BLOCK_KIND, random_images, randomised_torch
 from inference_helpers import CLASSES, light_checkpoint, light_network, randomise_bn
 from res2net_ms.export import TOLERANCE, export, run_exported
 from res2net_ms.export import main as export_main
@@ -184,26 +184,8 @@ def _zoo_loaded(name):
                        [str(i) for i in range(10)], "random weights")
 
 
-def _with_other_depth(name):
-    """Settings of zoo model ``name`` but its depth: what decides the ops it exports to."""
-    cfg = get_model_config(name)
-    return cfg.arch, sorted((k, v) for k, v in cfg.kwargs.items() if k != "layers")
-
-
-# One model per kind of block: the 101- and 152-layer models repeat the blocks of a 50-layer
-# one with the same settings (asserted below) and add no op to export.
-ONNX_ZOO = [n for n in res2net_ms.list_models()
-            if get_model_config(n).kwargs.get("layers", (3, 4, 6, 3)) == (3, 4, 6, 3)]
-
-
-def test_the_onnx_sweep_covers_every_kind_of_block():
-    covered = [_with_other_depth(n) for n in ONNX_ZOO]
-    for name in res2net_ms.list_models():
-        assert _with_other_depth(name) in covered, name
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ONNX_ZOO)
+@pytest.mark.parametrize("name", ONE_PER_BLOCK_KIND)
 def test_every_zoo_model_exports_to_onnx(graph_mode, name, tmp_path):
     """Graph-mode export of each kind of zoo network at 64 px; onnxruntime gives its logits."""
     result = export(_zoo_loaded(name), str(tmp_path / f"{name}.onnx"), "ONNX", batch=2)

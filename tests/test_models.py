@@ -5,13 +5,18 @@ import pytest
 from mindspore import nn, ops
 
 import res2net_ms
+from conftest import ONE_PER_BLOCK_KIND, block_kind
 from res2net_ms.models.registry import MODELS
 from res2net_ms.summary import count_macs
 
 ALL = res2net_ms.list_models()
 # Two quick representatives of the ResNet and DLA layouts; the rest only in the full run.
-QUICK = ("res2net50_48w_2s", "res2next_dla60")
-ALL_SLOW_BUT_QUICK = [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in ALL]
+QUICK = ("res2net50_26w_4s", "res2next_dla60")
+
+
+def slow_but_quick(names):
+    return [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in names]
+
 
 # Trainable parameters of the official PyTorch models with 1000 classes (issue 3).
 PUBLISHED = {
@@ -45,7 +50,7 @@ def test_zoo_lists_every_published_variant():
         assert alias in aliases
 
 
-@pytest.fixture(scope="module", params=ALL_SLOW_BUT_QUICK)
+@pytest.fixture(scope="module", params=slow_but_quick(ALL))
 def zoo_net(request):
     """``(name, network)``: each zoo network with its 1000 classes, built once for the checks
     of one model (pytest runs them together, then drops the network)."""
@@ -70,6 +75,13 @@ def test_aliases_build_the_same_network():
     assert n_trainable(res2net_ms.create_model("res2net101d")) == PUBLISHED["res2net101_v1b_26w_4s"]
 
 
+def test_the_compiling_sweeps_cover_every_kind_of_block():
+    covered = [block_kind(n) for n in ONE_PER_BLOCK_KIND]
+    for name in ALL:
+        assert block_kind(name) in covered, name
+
+
+@pytest.mark.parametrize("zoo_net", slow_but_quick(ONE_PER_BLOCK_KIND), indirect=True)
 def test_graph_mode_forward_and_backward(graph_mode, zoo_net):
     """One O2 graph per model: logits shape, and a finite non-zero gradient for every param."""
     name, net = zoo_net

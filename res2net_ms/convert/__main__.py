@@ -1,7 +1,7 @@
 """Command line: ``python -m res2net_ms.convert SRC --model NAME --out OUT.ckpt``."""
 import argparse
 
-from ..process import exit_process, fail
+from ..process import exit_process, run_command
 from .converter import convert_checkpoint, export_torch
 from .layouts import LAYOUTS
 
@@ -23,23 +23,22 @@ def build_parser():
     return p
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        if args.to_torch:
-            tensors = export_torch(args.src, args.to_torch, args.model)
-            print(f"wrote {args.to_torch}: {len(tensors)} tensors in the official PyTorch layout")
-            return 0
-        if not args.model or not args.out:
-            raise ValueError("--model and --out are required (or use --to-torch)")
-        source = "official" if args.source == "timm" else args.source
-        _, report = convert_checkpoint(args.src, args.model, args.out, source,
-                                       args.num_classes, args.drop_head)
-    except (ValueError, OSError) as exc:
-        return fail(exc)
+def _command(args):
+    if args.to_torch:
+        tensors = export_torch(args.src, args.to_torch, args.model)
+        print(f"wrote {args.to_torch}: {len(tensors)} tensors in the official PyTorch layout")
+        return
+    if not args.model or not args.out:
+        raise ValueError("--model and --out are required (or use --to-torch)")
+    source = "official" if args.source == "timm" else args.source
+    _, report = convert_checkpoint(args.src, args.model, args.out, source, args.num_classes,
+                                   args.drop_head)
     print(report)
     print(f"wrote {args.out}")
-    return 0
+
+
+def main(argv=None):
+    return run_command(build_parser, _command, argv)
 
 
 if __name__ == "__main__":

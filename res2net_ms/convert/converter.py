@@ -296,6 +296,14 @@ def export_torch(ckpt, out, model_name=None):
     return official
 
 
+def load_arrays(net, weights):
+    """Put ``{name: array}`` (names and shapes already checked) into ``net``; returns the names
+    of its parameters that were not given."""
+    params = {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in weights.items()}
+    not_loaded, _ = ms.load_param_into_net(net, params, strict_load=True)
+    return not_loaded
+
+
 def load_into(net, path, model_name="?", use_ema=False):
     """Load ``path`` (a file, or a :class:`State` read from one) into ``net`` (used by
     ``create_model(checkpoint_path=...)``).
@@ -319,8 +327,7 @@ def load_into(net, path, model_name="?", use_ema=False):
     if report.dropped.get("classifier (other num_classes)"):
         report.notes.append(f"classifier re-initialised: the checkpoint has "
                             f"{_head_rows(state, cfg)} classes, the model {net.num_classes}")
-    params = {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in weights.items()}
-    not_loaded, _ = ms.load_param_into_net(net, params, strict_load=True)
+    not_loaded = load_arrays(net, weights)
     if any(not n.startswith(cfg.classifier + ".") for n in not_loaded):
         raise CheckpointMismatchError(f"{path}: parameters not loaded: {not_loaded[:5]}")
     net.load_report = report

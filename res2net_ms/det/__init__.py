@@ -14,9 +14,13 @@ the padded batch (:mod:`.train_inputs`), box maths (:mod:`.bbox_ops`), ``MaxIoUA
 (:mod:`.proposals`), RoI features (:mod:`.roi_extractor`), mask targets (:mod:`.mask_target`)
 and the R-CNN losses (:mod:`.roi_loss`, :mod:`.losses`); ``TwoStageDetector.loss`` runs it.
 """
-from .factory import convert_detector, create_detector, get_detector_config, list_detectors
-from .registry import DETECTORS, DetectorConfig, coco_classes
-from .two_stage import Detections, TwoStageDetector
+from ..lazy import lazy_names
 
-__all__ = ["DETECTORS", "DetectorConfig", "Detections", "TwoStageDetector", "coco_classes",
-           "convert_detector", "create_detector", "get_detector_config", "list_detectors"]
+# Imported on first use: the factory brings the converter and the hub, which a network part
+# (``res2net_ms.det.fpn``) or the registry does not need.
+_NAMES = {"convert_detector": ".factory", "create_detector": ".factory",
+          "get_detector_config": ".factory", "list_detectors": ".factory",
+          "DETECTORS": ".registry", "DetectorConfig": ".registry", "coco_classes": ".registry",
+          "Detections": ".two_stage", "TwoStageDetector": ".two_stage"}
+__all__ = sorted(_NAMES)
+__getattr__ = lazy_names(__name__, _NAMES)

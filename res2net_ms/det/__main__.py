@@ -5,11 +5,11 @@ It lives beside the detector rather than in ``python -m res2net_ms.convert``, wh
 model zoo only: the detector's parameter names come from the detector."""
 import argparse
 
-from ..process import exit_process, fail
+from ..process import exit_process, run_command
 from .factory import convert_detector, list_detectors
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(prog="python -m res2net_ms.det",
                                      description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -18,14 +18,16 @@ def main(argv=None):
     convert.add_argument("--out", required=True, help="MindSpore checkpoint to write")
     convert.add_argument("--model", default="faster_rcnn_r2_101_fpn", choices=list_detectors())
     convert.add_argument("--num-classes", type=int, default=80)
-    args = parser.parse_args(argv)
-    try:
-        report = convert_detector(args.src, args.out, args.model, args.num_classes)
-    except (ValueError, OSError) as exc:
-        return fail(exc)
-    print(report)
+    return parser
+
+
+def _command(args):
+    print(convert_detector(args.src, args.out, args.model, args.num_classes))
     print(f"wrote {args.out}")
-    return 0
+
+
+def main(argv=None):
+    return run_command(build_parser, _command, argv)
 
 
 if __name__ == "__main__":

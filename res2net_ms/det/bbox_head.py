@@ -65,7 +65,7 @@ class Shared2FCBBoxHead(nn.Cell):
                               cfg["nms"]["iou_threshold"], cfg["max_per_img"])
 
 
-def multiclass_nms(boxes, scores, score_thr=0.05, iou_threshold=0.5, max_per_img=100):
+def multiclass_nms(boxes, scores, score_thr, iou_threshold, max_per_img):
     """Per-class NMS over boxes (K, C, 4), or (K, 4) shared by every class, and scores
     (K, C) (background column removed). Returns boxes (M, 4), scores (M,) and labels (M,),
     by decreasing score."""

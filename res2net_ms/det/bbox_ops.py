@@ -1,6 +1,10 @@
 """Box maths of the training step in MindSpore ops (graph mode, static shapes), in mmdetection's
 float32 arithmetic: ``bbox_overlaps``, ``bbox2delta`` and ``delta2bbox`` (the host numpy coder
-of inference is :mod:`.box_coder`)."""
+of inference is :mod:`.box_coder`).
+
+Not MindSpore's ops: on 2.8 ``ops.iou`` of [0, 0, 10, 10] and [0, 0, 5, 10] is 0.5454, not
+mmdetection's 0.5 (the old "+1" pixel areas), ``ops.BoundingBoxEncode`` adds the same "+1", and
+``ops.iou`` takes 2-D boxes only."""
 import math
 
 import mindspore as ms

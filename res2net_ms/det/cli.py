@@ -3,7 +3,7 @@ detector, its weights, the input size, the batch and the score floor; checked be
 is built, and the detector they describe."""
 import os
 
-from ..process import fail, warn_slow_mindspore
+from ..process import run_command, warn_slow_mindspore
 from .factory import create_detector, list_detectors
 
 __all__ = ["add_detector_arguments", "check_detector_args", "detector_from_args",
@@ -48,14 +48,3 @@ def detector_from_args(args):
     warn_slow_mindspore()
     return create_detector(args.detector, checkpoint_path=args.ckpt_path,
                            pretrained=args.pretrained, scale=tuple(args.scale))
-
-
-def run_command(build_parser, run, argv=None):
-    """Parse ``argv`` with ``build_parser()`` and ``run`` the result: 0, or one ``error:``
-    line and status 2 for bad input."""
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, OSError, ImportError) as exc:
-        return fail(exc)
-    return 0

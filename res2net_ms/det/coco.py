@@ -13,10 +13,12 @@ import os
 
 import numpy as np
 
+from ..data import ImageError, bad_images
+from .preprocess import image_size
 from .registry import coco_classes
 
 __all__ = ["COCO_CATEGORY_IDS", "load_pycocotools", "read_annotations", "coco_from_dict",
-           "category_ids", "to_coco_results"]
+           "category_ids", "to_coco_results", "image_paths", "check_images"]
 
 # The ids of COCO's 80 classes in mmdetection's label order: 2017 lists 91 ids, but 11 of
 # them (street sign, hat, shoe, ...) were never annotated.
@@ -228,3 +230,28 @@ def _encode_masks(masks, image_id, count, size):
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")
     return rles
+
+
+def image_paths(coco, folder):
+    """The path of each annotated image (``file_name`` in ``folder``), in the annotation's
+    order; FileNotFoundError naming the first missing one and how many are."""
+    paths = [os.path.join(folder, image["file_name"]) for image in coco.dataset["images"]]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of the {len(paths)} annotated images are not "
+                                f"in '{folder}', e.g. '{missing[0]}': give the folder of the "
+                                f"annotation's file_name entries")
+    return paths
+
+
+def check_images(coco, paths):
+    """Every image decodes and has the annotation's size (upright, as its EXIF says), checked
+    before the detector runs: masks and boxes of another size would not line up."""
+    for path, problem in bad_images(paths)[:1]:
+        raise ImageError(f"{path}: not a readable image ({problem})")
+    for image, path in zip(coco.dataset["images"], paths):
+        height, width = image_size(path)
+        if (height, width) != (image["height"], image["width"]):
+            raise ValueError(f"{path}: the image is {width}x{height} (upright, as its EXIF "
+                             f"says) but the annotations say {image['width']}x"
+                             f"{image['height']}; use the images the annotations are for")

@@ -15,16 +15,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data import ImageError, bad_images
 from ..fileio import write_text
 from ..process import exit_process
 from .cli import (add_detector_arguments, check_detector_args, detector_from_args,
                   run_command)
-from .coco import category_ids, load_pycocotools, read_annotations, to_coco_results
-from .preprocess import image_size
+from .coco import (category_ids, check_images, image_paths, load_pycocotools,
+                   read_annotations, to_coco_results)
 
 __all__ = ["METRIC_NAMES", "Evaluation", "evaluate_records", "evaluate_detections",
-           "evaluate_detector", "image_paths", "main"]
+           "evaluate_detector", "main"]
 
 # mmdetection's CocoMetric asks COCOeval for recall at 100, 300 and 1000 detections per image
 # (its proposal_nums), so its AP lines read maxDets=1000 where COCOeval's default reads 100.
@@ -141,31 +140,6 @@ def evaluate_detections(coco, detections, class_names, iou_types=None):
     return evaluate_records(coco, records, cat_ids, iou_types)
 
 
-def image_paths(coco, folder):
-    """The path of each annotated image (``file_name`` in ``folder``), in the annotation's
-    order; FileNotFoundError naming the first missing one and how many are."""
-    paths = [os.path.join(folder, image["file_name"]) for image in coco.dataset["images"]]
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} of the {len(paths)} annotated images are not "
-                                f"in '{folder}', e.g. '{missing[0]}': give the folder of the "
-                                f"annotation's file_name entries")
-    return paths
-
-
-def _check_images(coco, paths):
-    """Every image decodes and has the annotation's size (upright, as its EXIF says), checked
-    before the detector runs: masks and boxes of another size would not line up."""
-    for path, problem in bad_images(paths)[:1]:
-        raise ImageError(f"{path}: not a readable image ({problem})")
-    for image, path in zip(coco.dataset["images"], paths):
-        height, width = image_size(path)
-        if (height, width) != (image["height"], image["width"]):
-            raise ValueError(f"{path}: the image is {width}x{height} (upright, as its EXIF "
-                             f"says) but the annotations say {image['width']}x"
-                             f"{image['height']}; use the images the annotations are for")
-
-
 def evaluate_detector(detector, coco, folder, batch_size=1, score_thr=None, out=None,
                       log=print):
     """Run ``detector`` over the annotated images of ``folder`` and evaluate it.
@@ -178,7 +152,7 @@ def evaluate_detector(detector, coco, folder, batch_size=1, score_thr=None, out=
     coco = _as_coco(coco)
     cat_ids = category_ids(detector.class_names, coco.dataset["categories"])
     paths = image_paths(coco, folder)
-    _check_images(coco, paths)
+    check_images(coco, paths)
     images = coco.dataset["images"]
     per_image = [None] * len(images)
     for done, (index, detections) in enumerate(

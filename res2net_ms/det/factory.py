@@ -5,9 +5,7 @@ import copy
 import difflib
 from typing import Optional, Sequence
 
-import mindspore as ms
-
-from ..convert.converter import param_shapes
+from ..convert.converter import load_arrays, param_shapes
 from ..convert.mmdet_detector import convert_detector_checkpoint
 from ..factory import create_model
 from ..hub import fetch_converted
@@ -79,9 +77,10 @@ def train_settings(cfg, train_cfg=None):
     return merged
 
 
-def _roi_head(cfg, num_classes, strides, channels, sampling_ratio=0):
-    """The RoI head ``cfg`` names, on pyramid levels of ``strides`` with ``channels``."""
-    levels = strides[:4]  # P2..P5 (P6 feeds the RPN only)
+def _roi_head(cfg, num_classes, strides, roi_levels, channels, sampling_ratio=0):
+    """The RoI head ``cfg`` names, on pyramid levels of ``strides`` with ``channels``; RoIs
+    are pooled from the first ``roi_levels`` (the backbone's; the extra ones feed the RPN)."""
+    levels = strides[:roi_levels]
     box_extractor = SingleRoIExtractor(levels, output_size=7, sampling_ratio=sampling_ratio)
     mask_extractor = SingleRoIExtractor(levels, output_size=14, sampling_ratio=sampling_ratio) \
         if cfg.with_mask else None
@@ -105,18 +104,23 @@ def _roi_head(cfg, num_classes, strides, channels, sampling_ratio=0):
 
 
 def build_detector(cfg, num_classes=80, backbone_kwargs=None, scale=(1333, 800),
-                   test_cfg=None, class_names=(), train_cfg=None, roi_sampling_ratio=None):
-    """The detector ``cfg`` describes, with random weights. The backbone trains as
-    mmdetection's: stem and stage 1 frozen, every BN in inference mode."""
+                   test_cfg=None, class_names=(), train_cfg=None, roi_sampling_ratio=None,
+                   backbone_checkpoint=None):
+    """The detector ``cfg`` describes, with random weights but for the backbone's from
+    ``backbone_checkpoint`` (a classifier's weights, any file ``create_model`` reads: as
+    mmdetection's backbone ``init_cfg`` Pretrained). The backbone trains as mmdetection's:
+    stem and stage 1 frozen, every BN in inference mode."""
     backbone_kwargs = {"frozen_stages": 1, "norm_eval": True, **(backbone_kwargs or {})}
     backbone = create_model(cfg.backbone, features_only=True, out_indices=(1, 2, 3, 4),
-                            stride1_pool=False, **backbone_kwargs)
+                            stride1_pool=False, checkpoint_path=backbone_checkpoint,
+                            **backbone_kwargs)
     stages = [info for info in backbone.feature_info if info["index"] in backbone.out_indices]
     neck = FPN([info["num_chs"] for info in stages])
     strides = [info["reduction"] for info in stages]
     strides += [strides[-1] * 2 ** (k + 1) for k in range(neck.num_outs - len(strides))]
     rpn_head = RPNHead(AnchorGenerator(strides=strides), in_channels=neck.out_channels)
-    roi_head = _roi_head(cfg, num_classes, strides, neck.out_channels, roi_sampling_ratio or 0)
+    roi_head = _roi_head(cfg, num_classes, strides, len(stages), neck.out_channels,
+                         roi_sampling_ratio or 0)
     return TwoStageDetector(backbone, neck, rpn_head, roi_head,
                             _merged(TEST_CFG, cfg.test_cfg, test_cfg, where="test_cfg"),
                             DetDataPreprocessor(scale=tuple(scale)), class_names,
@@ -173,8 +177,7 @@ def create_detector(name: str, checkpoint_path: Optional[str] = None, pretrained
     if checkpoint_path:
         weights, report, meta = convert_detector_checkpoint(
             checkpoint_path, param_shapes(detector), model_name=name)
-        params = {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in weights.items()}
-        ms.load_param_into_net(detector, params, strict_load=True)
+        load_arrays(detector, weights)
         detector.load_report = report
     names = class_names or meta.get("classes") or (coco_classes() if num_classes == 80 else ())
     if len(names) != num_classes:

@@ -120,6 +120,11 @@ class DetDataPreprocessor:
             return long_side, short_side
         return long_side, long_side
 
+    def normalize(self, small):
+        """The network's (3, h, w) float32 of a resized RGB uint8 image (h, w, 3)."""
+        x = (small.astype(np.float32) - np.float32(self.mean)) / np.float32(self.std)
+        return x.transpose(2, 0, 1)
+
     def collate(self, images, batch_size=None):
         """Network input (B, 3, H, W) of RGB uint8 ``images``, padded to the largest and to
         ``batch_size`` images (blank ones after the real ones), and each image's
@@ -130,8 +135,7 @@ class DetDataPreprocessor:
         batch = np.zeros((max(batch_size or 0, len(images)), 3, height, width), np.float32)
         metas = []
         for k, (image, (small, factor)) in enumerate(zip(images, resized)):
-            x = (small.astype(np.float32) - np.float32(self.mean)) / np.float32(self.std)
-            batch[k, :, :small.shape[0], :small.shape[1]] = x.transpose(2, 0, 1)
+            batch[k, :, :small.shape[0], :small.shape[1]] = self.normalize(small)
             metas.append(ImageMeta(tuple(image.shape[:2]), tuple(small.shape[:2]),
                                    (height, width), factor))
         return batch, metas

@@ -24,14 +24,16 @@ class RPNProposals(nn.Cell):
         max_per_img: proposals kept per image (K, unless fewer boxes exist).
         nms: ``{"iou_threshold": ...}``.
         min_bbox_size: boxes not wider and taller than this are dropped.
+        stds: the RPN's box coder's ``stds``.
     """
 
-    def __init__(self, nms_pre=2000, max_per_img=1000, nms=None, min_bbox_size=0):
+    def __init__(self, nms_pre, max_per_img, nms, min_bbox_size, stds):
         super().__init__()
         self.nms_pre = nms_pre
         self.max_per_img = max_per_img
         self.min_bbox_size = min_bbox_size
-        self.nms = ops.NMSWithMask((nms or {}).get("iou_threshold", 0.7))
+        self.nms = ops.NMSWithMask(nms["iou_threshold"])
+        self.stds = stds
 
     def _nms_keep(self, boxes, scores):
         """Per image, which of the score-sorted ``boxes`` (N, k, 4) survive NMS (N, k)."""
@@ -51,7 +53,7 @@ class RPNProposals(nn.Cell):
             top, index = ops.topk(ops.stop_gradient(score), k)
             delta = ops.gather_elements(ops.stop_gradient(delta), 1,
                                         ops.tile(index[:, :, None], (1, 1, 4)))
-            boxes = delta2bbox(anchor[index], delta, img_shapes)
+            boxes = delta2bbox(anchor[index], delta, img_shapes, self.stds)
             wide = ((boxes[..., 2] - boxes[..., 0] > self.min_bbox_size)
                     & (boxes[..., 3] - boxes[..., 1] > self.min_bbox_size))
             # boxes to drop go to NMS without area, so that they suppress nothing

@@ -20,7 +20,7 @@ TEST_CFG = {
 # mmdetection's training settings of the Faster R-CNN R50-FPN base config, in its own shape
 # (Mask R-CNN changes them: DetectorConfig.train_cfg; mask_size is the mask head's). "static"
 # is ours: the fixed counts of the compiled step (gt rows per image; mask head slots per
-# image, which hold every positive the random sampler draws: 512 * 0.25).
+# image, None: every positive the random sampler may draw, num * pos_fraction).
 TRAIN_CFG = {
     "rpn": {
         "assigner": {"type": "MaxIoUAssigner", "pos_iou_thr": 0.7, "neg_iou_thr": 0.3,
@@ -36,7 +36,7 @@ TRAIN_CFG = {
         "sampler": {"type": "RandomSampler", "num": 512, "pos_fraction": 0.25,
                     "neg_pos_ub": -1, "add_gt_as_proposals": True},
         "pos_weight": -1, "mask_size": 28},
-    "static": {"max_gts": 100, "mask_rois": 128},
+    "static": {"max_gts": 100, "mask_rois": None},
 }
 MASK_RCNN_TRAIN_CFG = {"rcnn": {"assigner": {"match_low_quality": True}}}
 

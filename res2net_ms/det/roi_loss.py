@@ -26,6 +26,12 @@ def _take(values, index):
     return ops.gather_elements(values, 1, ops.tile(index[:, :, None], (1, 1, values.shape[2])))
 
 
+def _device_extractor(extractor, sampling_ratio):
+    """The training graph's RoI extractor of the head's (inference) ``extractor``."""
+    return RoIExtractor(extractor.featmap_strides, extractor.output_size, sampling_ratio,
+                        extractor.finest_scale)
+
+
 class StandardRoIHeadLoss(nn.Cell):
     """``loss_cls``, ``acc``, ``loss_bbox`` and, with a mask head, ``loss_mask`` of a batch's
     proposals, as mmdetection's ``StandardRoIHead.loss``.
@@ -33,28 +39,31 @@ class StandardRoIHeadLoss(nn.Cell):
     Args:
         roi_head: the detector's :class:`~.roi_head.StandardRoIHead` (its heads are used,
             their parameters keep their names).
-        cfg: mmdetection's ``train_cfg.rcnn`` (``assigner``, ``sampler``, ``pos_weight``,
-            ``mask_size``).
+        cfg: mmdetection's ``train_cfg.rcnn`` (``assigner``, ``sampler``, ``pos_weight``;
+            its ``mask_size`` is the mask head's output, which the targets take).
         sampling_ratio: RoIAlign samples per bin and axis.
-        mask_rois: slots of the mask head per image.
+        mask_rois: slots of the mask head per image; None: the random sampler's most
+            positives (``num * pos_fraction``), so that no positive is ever left out.
     """
 
-    def __init__(self, roi_head, cfg, sampling_ratio=2, mask_rois=128):
+    def __init__(self, roi_head, cfg, sampling_ratio=2, mask_rois=None):
         super().__init__(auto_prefix=False)
         self.roi_head = roi_head
         self.assigner = build_assigner(cfg["assigner"])
         self.sampler = build_sampler(cfg["sampler"])
         self.num_rois = getattr(self.sampler, "num", None)  # None: every proposal
         self.pos_weight = cfg["pos_weight"] if cfg["pos_weight"] > 0 else 1.0
-        strides = roi_head.bbox_roi_extractor.featmap_strides
-        self.bbox_extractor = RoIExtractor(strides, 7, sampling_ratio)
+        self.bbox_extractor = _device_extractor(roi_head.bbox_roi_extractor, sampling_ratio)
         self.num_classes = roi_head.bbox_head.num_classes
         self.stds = tuple(float(s) for s in roi_head.bbox_head.coder.stds)
         self.with_mask = roi_head.with_mask
         if self.with_mask:
-            self.mask_extractor = RoIExtractor(strides, 14, sampling_ratio)
-            self.mask_size = cfg.get("mask_size", 28)
-            self.mask_rois = mask_rois
+            self.mask_extractor = _device_extractor(roi_head.mask_roi_extractor,
+                                                    sampling_ratio)
+            if mask_rois is None and not hasattr(self.sampler, "num_pos"):
+                raise ValueError("the pseudo sampler keeps every positive: give their most "
+                                 "per image as train_cfg['static']['mask_rois']")
+            self.mask_rois = self.sampler.num_pos if mask_rois is None else mask_rois
 
     def _sample(self, proposals, proposal_valid, gt_boxes, gt_valid):
         """Priors (N, P, 4), their gt indices (N, P) and the sampled positives and negatives
@@ -114,7 +123,7 @@ class StandardRoIHeadLoss(nn.Cell):
         owner = ops.arange(num_img, dtype=ms.int32)[:, None] * gt_masks.shape[1] + slot_gt
         targets = mask_target(boxes[:, :keep].reshape(-1, 4),
                               gt_masks.reshape((-1,) + gt_masks.shape[2:]),
-                              owner[:, :keep].reshape(-1), self.mask_size)
+                              owner[:, :keep].reshape(-1), size)
         weight = positive[:, :keep].astype(ms.float32).reshape(-1)
         loss_mask = mask_cross_entropy(logits, targets, weight, weight.sum())
         overflow = ops.zeros((), ms.int32)

@@ -55,8 +55,8 @@ class RPNHead(nn.Cell):
                                 cfg["min_bbox_size"], self.coder)
 
 
-def select_proposals(scores, deltas, anchors, img_shape, nms_pre=1000, max_per_img=1000,
-                     iou_threshold=0.7, min_bbox_size=0, coder=None):
+def select_proposals(scores, deltas, anchors, img_shape, nms_pre, max_per_img, iou_threshold,
+                     min_bbox_size, coder):
     """Proposals of one image, as mmdetection's ``RPNHead.predict`` at test time.
 
     Per level the ``nms_pre`` best anchors are decoded (clipped to ``img_shape``), boxes not
@@ -64,7 +64,6 @@ def select_proposals(scores, deltas, anchors, img_shape, nms_pre=1000, max_per_i
     ``max_per_img`` best remain. ``scores`` (A, H, W) and ``deltas`` (4A, H, W) per level, as
     numpy. Returns boxes (K, 4) and scores (K,), by decreasing score.
     """
-    coder = coder or DeltaXYWHBBoxCoder()
     level_boxes, level_scores, level_ids = [], [], []
     for level, (score, delta, anchor) in enumerate(zip(scores, deltas, anchors)):
         score = score.transpose(1, 2, 0).reshape(-1)

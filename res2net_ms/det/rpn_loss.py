@@ -21,14 +21,16 @@ class RPNLoss(nn.Cell):
     Args:
         cfg: mmdetection's ``train_cfg.rpn`` (``assigner``, ``sampler``, ``allowed_border``,
             ``pos_weight``).
+        stds: the RPN's box coder's ``stds``.
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, stds):
         super().__init__()
         self.assigner = build_assigner(cfg["assigner"])
         self.sampler = build_sampler(cfg["sampler"])
         self.allowed_border = cfg["allowed_border"]
         self.pos_weight = cfg["pos_weight"] if cfg["pos_weight"] > 0 else 1.0
+        self.stds = stds
 
     def _inside(self, anchors, valid, img_shapes):
         if self.allowed_border < 0:
@@ -55,7 +57,7 @@ class RPNLoss(nn.Cell):
         assigned = ops.gather_elements(
             gt_boxes, 1, ops.tile(ops.clamp(gt_inds - 1, 0)[:, :, None], (1, 1, 4)))
         priors = ops.broadcast_to(anchors[None], assigned.shape)
-        targets = bbox2delta(priors, ops.where(pos[..., None], assigned, priors))
+        targets = bbox2delta(priors, ops.where(pos[..., None], assigned, priors), self.stds)
         loss_bbox = l1_loss(deltas, targets, pos_f[..., None], avg_factor)
         return loss_cls, loss_bbox
 

@@ -71,4 +71,4 @@ def build_sampler(cfg):
     if kind == "RandomSampler":
         return RandomSampler(**cfg)
     raise ValueError(f"sampler type '{kind}' is not implemented: use RandomSampler or "
-                     "PseudoSampler ('random' or 'pseudo')")
+                     "PseudoSampler")

@@ -103,9 +103,7 @@ def collate_train(preprocessor, images, targets, max_gts, num_classes, with_mask
     for i, (image, (boxes, labels, masks)) in enumerate(zip(images, checked)):
         small, (w_scale, h_scale) = resize_keep_ratio(image, preprocessor.scale)
         new_h, new_w = small.shape[:2]
-        x = (small.astype(np.float32) - np.float32(preprocessor.mean)) / np.float32(
-            preprocessor.std)
-        batch.images[i, :, :new_h, :new_w] = x.transpose(2, 0, 1)
+        batch.images[i, :, :new_h, :new_w] = preprocessor.normalize(small)
         batch.img_shapes[i] = new_h, new_w
         scaled = boxes * np.float32([w_scale, h_scale, w_scale, h_scale])
         scaled[:, 0::2] = np.clip(scaled[:, 0::2], 0, np.float32(new_w))

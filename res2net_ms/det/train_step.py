@@ -3,8 +3,9 @@
 
 Everything runs on the device in static shapes, with ops that exist on Ascend as on CPU: the
 backbone (frozen stem and stage 1, ``norm_eval``), FPN and RPN head, anchor targets, RPN losses,
-proposals (``TopK``, ``NMSWithMask``), R-CNN targets and sampling, ``ROIAlign`` and the box
-and mask losses. The inputs are a padded batch (:func:`~.train_inputs.collate_train`): images
+proposals (``TopK``, ``NMSWithMask``), R-CNN targets and sampling, RoI features (bilinear
+``grid_sample``: :mod:`.roi_extractor` says why not ``ROIAlign``) and the box and mask
+losses. The inputs are a padded batch (:func:`~.train_inputs.collate_train`): images
 of one fixed size, ground truth padded to a fixed count with a validity mask.
 """
 import mindspore as ms
@@ -15,7 +16,7 @@ from .proposals import RPNProposals
 from .roi_loss import StandardRoIHeadLoss
 from .rpn_loss import RPNLoss
 
-__all__ = ["LOSS_NAMES", "TwoStageLoss", "TrainStep"]
+__all__ = ["LOSS_NAMES", "TwoStageLoss", "TrainStep", "check_overflow"]
 
 LOSS_NAMES = ("loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "acc", "loss_bbox", "loss_mask")
 
@@ -45,12 +46,19 @@ class TwoStageLoss(nn.Cell):
         self.strides = generator.strides
         self.base_anchors = tuple(Tensor(generator.base_anchors(s)) for s in self.strides)
         self.pad_size_divisor = float(detector.data_preprocessor.pad_size_divisor)
-        self.rpn_loss = RPNLoss(train_cfg["rpn"])
-        self.proposals = RPNProposals(**train_cfg["rpn_proposal"])
+        coder = detector.rpn_head.coder
+        if coder.means.any():
+            raise ValueError("the RPN's box coder has non-zero means: not implemented in "
+                             "training")
+        stds = tuple(float(s) for s in coder.stds)
+        self.rpn_loss = RPNLoss(train_cfg["rpn"], stds)
+        self.proposals = RPNProposals(**train_cfg["rpn_proposal"], stds=stds)
         self.roi_loss = StandardRoIHeadLoss(detector.roi_head, train_cfg["rcnn"],
                                             sampling_ratio, train_cfg["static"]["mask_rois"])
         self.with_mask = detector.roi_head.with_mask
         self.names = LOSS_NAMES if self.with_mask else LOSS_NAMES[:-1]
+        self.summed = tuple(i for i, name in enumerate(self.names) if name != "acc")
+        self.mask_rois = self.roi_loss.mask_rois if self.with_mask else None
 
     def _dense(self, images, img_shapes):
         """The pyramid, and per level the RPN's flat logits (N, T_l), deltas (N, T_l, 4),
@@ -84,10 +92,9 @@ class TwoStageLoss(nn.Cell):
         rcnn, overflow = self.roi_loss(feats, proposals, proposal_valid, gt_boxes, gt_labels,
                                        gt_valid, gt_masks)
         losses = (loss_rpn_cls, loss_rpn_bbox) + rcnn
-        total = loss_rpn_cls + loss_rpn_bbox
-        for index in range(2, len(losses)):
-            if index != 3:  # acc
-                total = total + losses[index]
+        total = losses[0]
+        for index in self.summed[1:]:
+            total = total + losses[index]
         return total, losses, overflow
 
 
@@ -113,3 +120,11 @@ class TrainStep(nn.Cell):
         (total, losses, overflow), grads = self.grad_fn(*batch)
         total = ops.depend(total, self.optimizer(grads))
         return total, losses, overflow
+
+
+def check_overflow(overflow, loss_cell):
+    """ValueError when positive RoIs found no mask slot (``overflow`` of the step)."""
+    if int(overflow):
+        raise ValueError(f"{int(overflow)} positive RoIs found no mask slot (an image has more "
+                         f"than {loss_cell.mask_rois}): raise train_cfg['static']"
+                         "['mask_rois']")

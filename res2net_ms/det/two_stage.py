@@ -11,7 +11,7 @@ from mindspore import Tensor, nn
 
 from .preprocess import DetDataPreprocessor, image_size, load_image
 from .train_inputs import collate_train
-from .train_step import TwoStageLoss
+from .train_step import TwoStageLoss, check_overflow
 
 __all__ = ["Detections", "TwoStageDetector"]
 
@@ -150,10 +150,7 @@ class TwoStageDetector(nn.Cell):
             _, losses, overflow = cell(*batch.tensors())
         finally:
             self.set_train(was_training)
-        if int(overflow):
-            raise ValueError(f"{int(overflow)} positive RoIs found no mask slot (an image has "
-                             f"more than {static['mask_rois']}): raise train_cfg['static']"
-                             "['mask_rois']")
+        check_overflow(overflow, cell)
         return {name: float(value.asnumpy()) for name, value in zip(cell.names, losses)}
 
     def _detections(self, raw, score_thr):

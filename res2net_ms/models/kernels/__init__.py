@@ -2,10 +2,11 @@
 
 MindSpore runs a padded 2-D pool on CPU as a 3-D pool (``MaxPool3DWithArgmax``, ``AvgPool3D``):
 the stem's max pool alone took 4 % of an inference (``benchmarks/bench.py``), 5-7x the time of
-``cpu_kernels.cc``. That file is compiled once with the system C++ compiler into the user cache
-and runs through ``ops.Custom`` (``func_type="aot"``), forward and backward. Only on CPU and
-float32; on other devices, other dtypes, without a compiler or with
-``RES2NET_MS_CPU_KERNELS=0`` the cells run MindSpore's own pools, which compute the same values.
+``cpu_kernels.cc``. That file is compiled once with the system C++ compiler into the cache
+folder (``$R2N_CACHE_DIR/kernels``, beside the weights and the compiled graphs) and runs
+through ``ops.Custom`` (``func_type="aot"``), forward and backward. Only on CPU and float32; on
+other devices, other dtypes, without a compiler or with ``RES2NET_MS_CPU_KERNELS=0`` the cells
+run MindSpore's own pools, which compute the same values.
 """
 import functools
 import hashlib
@@ -17,15 +18,12 @@ import tempfile
 import mindspore as ms
 from mindspore import nn, ops
 
+from ...fileio import cache_folder
+
 __all__ = ["Pool3x3", "enabled"]
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.cc")
 _CFLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC"]
-
-
-def _cache_dir():
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "res2net_ms", "kernels")
 
 
 @functools.lru_cache(maxsize=None)
@@ -33,14 +31,14 @@ def _library():
     """Path of the compiled kernels (built on first use, keyed by source and flags), or None."""
     with open(_SOURCE, "rb") as f:
         key = hashlib.sha256(f.read() + " ".join(_CFLAGS).encode()).hexdigest()[:16]
-    path = os.path.join(_cache_dir(), f"cpu_kernels_{key}.so")
+    path = os.path.join(cache_folder(), "kernels", f"cpu_kernels_{key}.so")
     if os.path.isfile(path):
         return path
     tmp = None
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        # A build artefact, not project data (and models/ imports nothing of the package, so
-        # not res2net_ms.fileio): compiled beside its final name, then renamed.
+        # Compiled beside its final name, then renamed: not fileio.atomic_write, which would
+        # report a missing compiler as a file it cannot write.
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
         os.close(fd)
         subprocess.run([os.environ.get("CXX", "g++"), *_CFLAGS, "-o", tmp, _SOURCE],
