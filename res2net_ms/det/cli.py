@@ -3,11 +3,10 @@ detector, its weights, the input size, the batch and the score floor; checked be
 is built, and the detector they describe."""
 import os
 
-from ..process import run_command, warn_slow_mindspore
+from ..process import warn_slow_mindspore
 from .factory import create_detector, list_detectors
 
-__all__ = ["add_detector_arguments", "check_detector_args", "detector_from_args",
-           "run_command"]
+__all__ = ["add_detector_arguments", "check_detector_args", "detector_from_args"]
 
 
 def add_detector_arguments(parser, score_thr=None, score_help=""):

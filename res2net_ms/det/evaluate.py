@@ -16,9 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..fileio import write_text
-from ..process import exit_process
-from .cli import (add_detector_arguments, check_detector_args, detector_from_args,
-                  run_command)
+from ..process import exit_process, run_command
+from .cli import add_detector_arguments, check_detector_args, detector_from_args
 from .coco import (category_ids, check_images, image_paths, load_pycocotools,
                    read_annotations, to_coco_results)
 
