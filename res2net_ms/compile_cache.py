@@ -476,7 +476,10 @@ def _compile_through(cell, run, what, key, summary, entry):
     index = _work.next_index
     _work.clear()
     try:
-        placed = _place(manifest, entry, index) if manifest and index is not None else []
+        try:
+            placed = _place(manifest, entry, index) if manifest and index is not None else []
+        except OSError as exc:  # a full disk or a file-size limit: compile without the cache
+            return _give_up(run, f"cannot copy {entry} into place: {exc}")
         before, phases = _work.files(), set(cell.compile_cache)
         start = time.perf_counter()
         try:

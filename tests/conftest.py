@@ -38,6 +38,19 @@ def pytest_configure(config):
     os.environ["R2N_CACHE_DIR"] = folder
 
 
+# The costliest files, heaviest first (measured on CI). pytest-xdist's ``--dist loadfile``
+# hands whole files to the workers in collection order: starting the long ones first keeps
+# both workers busy to the end (the Makefile turns off xdist's own order, by test count).
+HEAVY_FIRST = ("test_faults.py", "test_det_parity.py", "test_train.py", "test_distributed.py",
+               "test_bench.py", "test_models.py", "test_export.py", "test_convert.py",
+               "test_compile_cache.py", "test_det_train_parity.py", "test_detect_cli.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 # Options that only repeat or resize the ops of a block: the depth (blocks a stage), the
 # width of a split and the number of splits (how often the split's 3x3 conv and add recur).
 SIZE_OPTIONS = ("layers", "base_width", "scale")

@@ -4,6 +4,7 @@ precision, device setting, MindSpore or source compiles afresh; a damaged, refus
 half-written entry is never loaded (rebuilt with a warning)."""
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -226,6 +227,27 @@ def test_an_entry_mindspore_refuses_is_rebuilt_with_a_warning(cache, caplog):
     assert "refused by MindSpore" in caplog.text
     np.testing.assert_allclose(cell(x).asnumpy(), _reference(cell, x), rtol=1e-6, atol=1e-6)
     assert compile_cell(_built(seed=4), x) == "loaded"
+
+
+def test_an_entry_that_cannot_be_copied_into_place_compiles_without_the_cache(cache, caplog):
+    """A file-size limit (as a full disk) below the entry's graph: copying it into
+    MindSpore's folder fails, and the run compiles without the cache, saying why."""
+    x = _x()
+    assert compile_cell(_built(), x) == "compiled"
+    entry = os.path.join(cache, _entries(cache)[0])
+    size = os.path.getsize(os.path.join(entry, "compile_cache_@.mindir"))
+    cell = _built(seed=2)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, hard))
+    try:
+        with caplog.at_level("WARNING", logger="res2net_ms"):
+            assert compile_cell(cell, x) == "uncached"
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        compile_cache._work.broken = None
+    assert f"cannot copy {entry} into place" in caplog.text
+    assert "File too large" in caplog.text, caplog.text  # the limit was what stopped it
+    np.testing.assert_allclose(cell(x).asnumpy(), _reference(cell, x), rtol=1e-6, atol=1e-6)
 
 
 def test_killed_writers_leave_nothing_that_loads(cache, tmp_path, monkeypatch):
