@@ -436,6 +436,8 @@ def parser():
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--timeout", type=int, default=3600, help="seconds per command")
     p.add_argument("--matmul-size", type=int, default=4096)
+    p.add_argument("--matmul-at", choices=("start,end", "start", "none"),
+                   default="start,end", help="when to measure the MatMul rates")
     p.add_argument("--data", help="the photo folder (default: a temporary one)")
     p.add_argument("--out", default=os.path.join(HERE, "end_to_end.json"))
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
@@ -453,8 +455,10 @@ def main(argv=None):
           f"{opts.size} px, batch {opts.batch}, {opts.workers} workers, {opts.rounds} round(s)")
     print(f"machine: {box['cpu']}, {box['cores']} cores, load average "
           f"{' '.join(f'{x:.2f}' for x in box['load_average'])}")
-    rates = {"start": matmul_rates(opts.matmul_size)}
-    print("reachable fp32 at the start: " + describe_rates(rates["start"]))
+    rates = {}
+    if "start" in opts.matmul_at:
+        rates["start"] = matmul_rates(opts.matmul_size)
+        print("reachable fp32 at the start: " + describe_rates(rates["start"]))
     own_data = opts.data is None
     opts.data = opts.data or tempfile.mkdtemp(prefix="e2e-photos-")
     start = time.perf_counter()
@@ -477,8 +481,9 @@ def main(argv=None):
     finally:
         if own_data:
             shutil.rmtree(opts.data, ignore_errors=True)
-    rates["end"] = matmul_rates(opts.matmul_size)
-    print("reachable fp32 at the end: " + describe_rates(rates["end"]))
+    if "end" in opts.matmul_at:
+        rates["end"] = matmul_rates(opts.matmul_size)
+        print("reachable fp32 at the end: " + describe_rates(rates["end"]))
     runs = [r["machine"] for name, rs in results.items() for r in rs
             if name.startswith(("ours_train", "torch_train")) and "machine" in r]
     runs += [p[k]["machine"] for name in ("ours_predict", "torch_predict")
