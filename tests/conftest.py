@@ -6,7 +6,8 @@ waits on other processes), ``distributed`` (msrun jobs), ``mmdet`` (runs mmdetec
 and mmdet ones.
 
 Costly things are made once per session and shared: the digits folder, the ``trained`` run
-(training, CAM and predict tests) and the ``small_detector``.
+(training, CAM and predict tests), the ``one_step_job`` under msrun (distributed and compile
+cache tests) and the ``small_detector``.
 """
 import fcntl
 import json
@@ -146,6 +147,17 @@ def trained(digits_dir, tmp_path_factory):
 
     save_dir, summary = once_per_session(tmp_path_factory, "trained", build)
     return summary, save_dir
+
+
+@pytest.fixture(scope="session")
+def one_step_job(digits_dir, tmp_path_factory):
+    """test_distributed's msrun job of one training step (and a validation) on 2 workers,
+    with a compile cache of its own: test_distributed compares its weights with one
+    worker's, test_compile_cache runs it again to see each rank load its graphs."""
+    from test_distributed import run_one_step_job
+
+    return once_per_session(tmp_path_factory, "one_step_job",
+                            lambda folder: run_one_step_job(digits_dir, str(folder)))[1]
 
 
 def once_per_session(tmp_path_factory, name, build):

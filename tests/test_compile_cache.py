@@ -328,30 +328,27 @@ def test_a_second_validate_loads_its_graph(digits_dir, light_checkpoint, tmp_pat
 
 
 @pytest.mark.distributed
-def test_each_rank_of_an_msrun_job_loads_its_own_graphs(digits_dir, tmp_path, monkeypatch):
-    """Two ranks, the same job twice: each rank caches its graphs under its own key (rank and
-    group size are in it) and loads them the second time (each entry is touched when loaded;
-    rank 1 logs warnings only); the job computes the same numbers."""
-    from test_distributed import msrun
+def test_each_rank_of_an_msrun_job_loads_its_own_graphs(one_step_job, digits_dir, tmp_path):
+    """Two ranks, the same job twice (test_distributed's one training step and validation):
+    each rank caches its graphs under its own key (rank and group size are in it) and loads
+    them the second time (each entry is touched when loaded; rank 1 logs warnings only); the
+    job computes the same numbers."""
+    from test_distributed import run_one_step_job
 
-    monkeypatch.setenv("R2N_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv(compile_cache.ENV_SWITCH, raising=False)
-    runs, starts = [], []
-    for i in range(2):
-        starts.append(time.time())
-        args = ["--config", DEMO, "--data_dir", digits_dir, *LIGHT, "--epoch_size", "1",
-                "--num_samples", "256", "--distribute", "True", "--ckpt_save_dir",
-                str(tmp_path / f"run{i}")]
-        proc, _ = msrun("train.py", args, str(tmp_path / f"log{i}"))
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        runs.append(read_metrics(tmp_path / f"run{i}"))
-    root = str(tmp_path / "cache" / "compile")
+    first = one_step_job
+    assert first["returncode"] == 0, first["output"]
+    start = time.time()
+    second = run_one_step_job(digits_dir, os.path.dirname(first["data"]),
+                              save_dir=str(tmp_path / "run1"), log_dir=str(tmp_path / "log1"))
+    assert second["returncode"] == 0, second["output"]
+    runs = [read_metrics(first["save_dir"]), read_metrics(second["save_dir"])]
+    root = os.path.join(first["cache"], "compile")
     summaries = {}
     for name in _entries(root):
         manifest = json.load(open(os.path.join(root, name, "manifest.json")))
         summary = manifest["summary"]
         summaries[(summary["what"], summary["rank"])] = summary["group_size"]
-        assert os.path.getmtime(os.path.join(root, name, "manifest.json")) > starts[1]
+        assert os.path.getmtime(os.path.join(root, name, "manifest.json")) > start
     assert summaries == {(w, r): 2 for w in ("training step", "evaluation") for r in (0, 1)}
     assert runs[0][0]["train_loss"] == runs[1][0]["train_loss"]
     assert runs[0][0]["val_top1"] == runs[1][0]["val_top1"]

@@ -47,12 +47,12 @@ def msrun_env():
     return dict(os.environ, PATH=bindir + os.pathsep + os.environ.get("PATH", ""))
 
 
-def msrun(script, args, log_dir, workers=2, timeout=900):
-    """One msrun job on this node; returns (process, seconds)."""
+def msrun(script, args, log_dir, workers=2, timeout=900, env=None):
+    """One msrun job on this node (``env``: variables to add); returns (process, seconds)."""
     start = time.monotonic()
     proc = subprocess.run(msrun_cmd(script, args, log_dir, free_port(), workers, workers),
-                          capture_output=True, text=True, env=msrun_env(), cwd=REPO,
-                          timeout=timeout)
+                          capture_output=True, text=True, env={**msrun_env(), **(env or {})},
+                          cwd=REPO, timeout=timeout)
     return proc, time.monotonic() - start
 
 
@@ -207,27 +207,49 @@ def tiny_split(digits_dir, root, per_class, val_per_class=2):
     return str(root)
 
 
-def test_one_step_on_two_workers_equals_one_step_on_one(digits_dir, tmp_path):
+def one_step_args(data, save_dir):
+    """train.py's arguments for one step on 16 images (the workers add their own)."""
+    return ["--config", DEMO, "--data_dir", data, *LIGHT, "--epoch_size", "1",
+            "--num_samples", "16", "--shuffle", "False", "--norm_eval", "True",
+            "--scale", "1", "1", "--ratio", "1", "1", "--opt", "momentum", "--lr", "0.5",
+            "--warmup_epochs", "0", "--weight_decay", "0", "--deterministic", "True",
+            "--ckpt_save_dir", str(save_dir)]
+
+
+def run_one_step_job(digits_dir, root, save_dir=None, log_dir=None):
+    """One training step of 2 ranks x batch 8, then validation, under msrun, with the
+    compile cache in ``root/cache``; returns what conftest's ``one_step_job`` fixture shares
+    (test_compile_cache runs it again: ``save_dir`` and ``log_dir`` for that run)."""
+    data = os.path.join(root, "data")
+    if not os.path.isdir(data):
+        tiny_split(digits_dir, data, per_class=2)  # 10 classes x 2 = 20
+    save_dir = save_dir or os.path.join(root, "two")
+    log_dir = log_dir or os.path.join(root, "logs")
+    args = [*one_step_args(data, save_dir), "--distribute", "True", "--batch_size", "8"]
+    proc, _ = msrun("train.py", args, log_dir,
+                    env={"R2N_CACHE_DIR": os.path.join(root, "cache")})
+    return {"returncode": proc.returncode, "output": proc.stdout[-3000:] + proc.stderr[-3000:],
+            "data": data, "save_dir": save_dir, "log_dir": log_dir,
+            "cache": os.path.join(root, "cache")}
+
+
+def test_one_step_on_two_workers_equals_one_step_on_one(one_step_job, tmp_path):
     """2 ranks x batch 8 and 1 rank x batch 16 over the same 16 images give the same weights.
 
     BN is kept in inference mode (norm_eval): with batch statistics each rank would normalise
     by its own 8 images, which is a different computation from normalising by all 16. The
     crop covers the whole image, so no augmentation randomness differs between the runs.
+    The msrun job is shared with test_compile_cache (hence its validation, which leaves the
+    weights as they are); the single run skips it.
     """
-    data = tiny_split(digits_dir, tmp_path / "data", per_class=2)  # 10 classes x 2 = 20
-    common = ["--config", DEMO, "--data_dir", data, *LIGHT, "--epoch_size", "1",
-              "--num_samples", "16", "--shuffle", "False", "--norm_eval", "True",
-              "--scale", "1", "1", "--ratio", "1", "1", "--opt", "momentum", "--lr", "0.5",
-              "--warmup_epochs", "0", "--weight_decay", "0", "--val_while_train", "False",
-              "--deterministic", "True"]
-    proc, _ = msrun("train.py", [*common, "--distribute", "True", "--batch_size", "8",
-                                 "--ckpt_save_dir", str(tmp_path / "two")], tmp_path / "logs")
-    assert proc.returncode == 0, worker_log(tmp_path / "logs", 0)[-3000:]
-    single = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *common,
-                             "--batch_size", "16", "--ckpt_save_dir", str(tmp_path / "one")],
+    job = one_step_job
+    assert job["returncode"] == 0, worker_log(job["log_dir"], 0)[-3000:]
+    single = subprocess.run([sys.executable, os.path.join(REPO, "train.py"),
+                             *one_step_args(job["data"], tmp_path / "one"), "--batch_size",
+                             "16", "--val_while_train", "False"],
                             capture_output=True, text=True, cwd=REPO, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
-    two = ckpt_arrays(tmp_path / "two" / "last.ckpt")
+    two = ckpt_arrays(os.path.join(job["save_dir"], "last.ckpt"))
     one = ckpt_arrays(tmp_path / "one" / "last.ckpt")
     assert two["global_step"] == one["global_step"] == 1
     initial = weights_of_fresh_network()
@@ -247,9 +269,12 @@ def weights_of_fresh_network():
 
 
 def test_a_failing_worker_fails_the_job(digits_dir, tmp_path):
-    """A corrupt image read by one rank crashes it; msrun ends the job non-zero, no hang."""
+    """A corrupt image read by one rank crashes it; msrun ends the job non-zero, no hang.
+    The image is rank 0's first (no shuffle): it fails on its first batch, while rank 1
+    goes on to compile, so msrun has a live rank to end. The scheduler then waits for the
+    killed rank's heartbeat to time out: 10 s here (MS_NODE_TIMEOUT) instead of 30."""
     data = tiny_split(digits_dir, tmp_path / "data", per_class=8)
-    victim = os.path.join(data, "train", "3")
+    victim = os.path.join(data, "train", "0")
     for name in sorted(os.listdir(victim))[:1]:
         with open(os.path.join(victim, name), "wb") as f:
             f.write(b"\x89PNG\r\n\x1a\n this is not an image")
@@ -257,7 +282,8 @@ def test_a_failing_worker_fails_the_job(digits_dir, tmp_path):
     proc, seconds = msrun("train.py", ["--config", DEMO, "--distribute", "True", "--data_dir",
                                        data, *LIGHT, "--epoch_size", "1", "--batch_size", "4",
                                        "--shuffle", "False", "--ckpt_save_dir",
-                                       str(tmp_path / "ckpt")], log_dir)
+                                       str(tmp_path / "ckpt")], log_dir,
+                          env={"MS_NODE_TIMEOUT": "10"})
     assert proc.returncode != 0
     assert seconds < CLUSTER_TIMEOUT + 180
     logs = worker_log(log_dir, 0) + worker_log(log_dir, 1)
