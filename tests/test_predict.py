@@ -100,7 +100,9 @@ def test_graph_mode_batches_table_and_csv(checkpoint, images, capsys):
     lines = table.splitlines()
     assert lines[0] == images[0] and len(lines) == 3 * 6
     assert lines[1].startswith("  1. ") and lines[1].rstrip().endswith(")")
-    code, text, _ = _run(capsys, *images, "--ckpt_path", path, "--format", "csv", "--topk", 2)
+    # the batches of the table's run: its compiled graph serves (from the compile cache)
+    code, text, _ = _run(capsys, *images, "--ckpt_path", path, "--format", "csv", "--topk", 2,
+                         "--batch-size", 2)
     rows = list(csv.DictReader(io.StringIO(text)))
     assert len(rows) == 6 and rows[0]["image"] == images[0] and rows[0]["rank"] == "1"
     top1_table = [lines[1 + 6 * i].split()[1] for i in range(3)]
@@ -187,7 +189,7 @@ def test_command_line_runs_as_a_module(checkpoint, images):
 
 
 def test_training_checkpoints_predict_with_their_ema_weights(digits_dir, tmp_path, images,
-                                                             pynative_mode):
+                                                             checkpoint, pynative_mode):
     """A run with EMA validated (and chose best.ckpt) with the EMA weights: predict uses them
     unless told otherwise."""
     path, plain = light_checkpoint(digits_dir, tmp_path / "ema.ckpt", seed=0, ema_seed=1)
@@ -199,4 +201,4 @@ def test_training_checkpoints_predict_with_their_ema_weights(digits_dir, tmp_pat
         np.testing.assert_allclose(net(inputs).asnumpy(), expected(inputs).asnumpy(),
                                    rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="no EMA weights"):
-        load_model(ckpt_path=light_checkpoint(digits_dir, tmp_path / "plain.ckpt")[0], ema=True)
+        load_model(ckpt_path=checkpoint[0], ema=True)  # a checkpoint without EMA
