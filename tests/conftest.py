@@ -1,9 +1,10 @@
 """Shared fixtures and helpers: execution modes, the digits data, training arguments.
 
 Markers (registered in pyproject.toml): ``slow`` (training runs, full-zoo sweeps, fuzzing,
-waits on other processes), ``distributed`` (msrun jobs), ``mmdet`` (runs mmdetection itself),
-``torch`` (needs PyTorch/timm references). ``make test-fast`` leaves out the slow, distributed
-and mmdet ones.
+waits on other processes, and any test of 6 s or more in the two-worker run: a full-size
+graph compile, a command end to end), ``distributed`` (msrun jobs), ``mmdet`` (runs
+mmdetection itself), ``torch`` (needs PyTorch/timm references). ``make test-fast`` leaves
+out the slow, distributed and mmdet ones.
 
 Costly things are made once per session and shared: the digits folder, the ``trained`` run
 (training, CAM and predict tests), the ``one_step_job`` under msrun (distributed and compile

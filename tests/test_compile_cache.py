@@ -280,6 +280,7 @@ def test_it_sits_below_the_engine_and_above_the_networks():
                    for part in ("models", "convert", "ckpt", "fileio", "hub", "factory"))
 
 
+@pytest.mark.slow
 def test_a_second_export_loads_both_its_graphs(cache, tmp_path):
     """export compiles the network (for the logits it checks the file against) and its export
     form (in mindspore.export): the second export of the same network loads both, and its
@@ -309,6 +310,7 @@ def light_checkpoint(tmp_path_factory):
     return str(path)
 
 
+@pytest.mark.slow
 def test_a_second_validate_loads_its_graph(digits_dir, light_checkpoint, tmp_path):
     """The command line, twice: the second compile is the cache's (its log line), with the
     same numbers."""

@@ -111,6 +111,7 @@ def test_output_stride_8_parity(tmp_path):
     assert_close(ours(net, x), torch_logits(ref, x))
 
 
+@pytest.mark.slow
 def test_command_line_subprocess_and_graph_mode(tmp_path):
     ref = timm_model("res2net50_26w_4s")
     src = tmp_path / "official.pth"
@@ -310,6 +311,7 @@ def test_round_trip_to_torch(tmp_path, timm_name, model):
         np.testing.assert_array_equal(torch_logits(fresh, x), torch_logits(ref, x))
 
 
+@pytest.mark.slow
 def test_strict_mismatch_names_the_fitting_model_and_writes_nothing(tmp_path):
     torch.save(timm_model("res2net50d").state_dict(), tmp_path / "r50d.pth")
     out = tmp_path / "wrong.ckpt"

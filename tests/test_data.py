@@ -312,6 +312,7 @@ def test_unusual_images_train_as_rgb(tmp_path, mode):
     assert shapes == {(4, 3, 24, 24)}
 
 
+@pytest.mark.slow
 def test_check_command_lists_every_problem(digits_dir, tmp_path):
     root = _copy_digits(digits_dir, tmp_path / "data", per_class=2)
     bad = os.path.join(root, "train", "5", sorted(os.listdir(os.path.join(root, "train",

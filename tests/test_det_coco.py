@@ -514,6 +514,7 @@ def _argv(ann, images, ckpt, *extra):
             "--images", str(images), "--scale", *map(str, SCALE), *extra]
 
 
+@pytest.mark.slow
 def test_evaluate_command_end_to_end(tiny_set, factory, tmp_path, capsys):
     root, ann, annotations = tiny_set
     ckpt, out = tmp_path / "mask_rcnn.ckpt", tmp_path / "results" / "dets.json"

@@ -92,6 +92,7 @@ def random_boxes(rs, count, coordinate_scale):
     return boxes
 
 
+@pytest.mark.slow
 def test_batched_nms_matches_torchvision():
     rs = np.random.RandomState(3)
     kept_total, boxes_total = 0, 0

@@ -77,6 +77,7 @@ def check_records(records, image, image_id):
     return mine
 
 
+@pytest.mark.slow
 def test_detects_draws_and_writes_coco_json(files, tmp_path):
     """The real command in its own process: the checkpoint is read through the converter (a
     one-block-per-stage backbone, as the file holds) and the process exits cleanly."""
@@ -108,6 +109,7 @@ def test_detects_draws_and_writes_coco_json(files, tmp_path):
     assert changed[row, int(round(x)):int(round(x + w))].mean() > 0.9
 
 
+@pytest.mark.slow
 def test_folder_in_batches(files, built, tmp_path, capsys):
     out, show = tmp_path / "results.json", tmp_path / "drawn"
     ckpt = str(files / "detector.ckpt")
@@ -122,6 +124,7 @@ def test_folder_in_batches(files, built, tmp_path, capsys):
     assert "china.jpg: " in printed and "flower.png: " in printed
 
 
+@pytest.mark.slow
 def test_predict_takes_arrays_pil_images_and_paths(files, small_detector):
     """The same detections whatever the image is given as; a single image gives one result,
     a list a list."""
@@ -202,6 +205,7 @@ def test_det_sits_above_models_data_converter_and_factory():
     assert {part for part, uses in graph.items() if "det" in uses} <= {"detect", "zoo_table"}
 
 
+@pytest.mark.slow
 def test_convert_command_writes_a_loadable_detector(files, tmp_path, capsys):
     """A whole full-depth detector file through ``python -m res2net_ms.det convert`` (no
     compilation: the weights are only built, written, read and compared)."""

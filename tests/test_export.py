@@ -80,6 +80,7 @@ def _export_cli(capsys, *argv):
     return code, out, err
 
 
+@pytest.mark.slow
 def test_mindir_round_trip_and_predict_from_it(checkpoint, digits_dir, tmp_path, capsys):
     """``--out digits`` writes ``digits.mindir``, as ``mindspore.export`` would name it: a file
     called ``digits`` is one that ``mindspore.load`` refuses. (One export serves both checks.)"""
@@ -114,6 +115,7 @@ def test_mindir_round_trip_and_predict_from_it(checkpoint, digits_dir, tmp_path,
     ms.set_context(mode=ms.PYNATIVE_MODE)
 
 
+@pytest.mark.slow
 def test_onnx_of_the_checkpoint_runs_in_onnxruntime(checkpoint, tmp_path, capsys):
     path, net = checkpoint
     out = tmp_path / "digits.onnx"
@@ -198,6 +200,7 @@ def test_zoo_mindir_stores_what_predict_needs(graph_mode, tmp_path):
     assert info["preprocess"]["image_size"] == 64 and info["labels"] is None
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 @pytest.mark.parametrize("timm_name, ours, size", [
     ("res2net50_26w_4s", "res2net50_26w_4s", 64), ("res2net50d", "res2net50_v1b_26w_4s", 65)])

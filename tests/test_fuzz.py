@@ -62,6 +62,7 @@ def seeds(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 def test_fuzzed_files_only_raise_our_errors(seeds, tmp_path, capsys):
     counts = fuzz("torch", seeds, tmp_path / "work", EXAMPLES)

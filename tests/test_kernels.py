@@ -24,7 +24,8 @@ def _forward_backward(pool, x, sens):
     return pool(x).asnumpy(), _InputGrad(pool)(x, sens).asnumpy()
 
 
-@pytest.mark.parametrize("mode", ["graph_mode", "pynative_mode"])
+@pytest.mark.parametrize("mode", [pytest.param("graph_mode", marks=pytest.mark.slow),
+                                  "pynative_mode"])
 @pytest.mark.parametrize("kind,stride", [("max", 2), ("avg", 1), ("avg", 2)])
 def test_pool_matches_mindspore(kind, stride, mode, request):
     request.getfixturevalue(mode)

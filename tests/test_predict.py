@@ -65,6 +65,7 @@ def test_preprocessing_is_validations(tmp_path, fmt):
     np.testing.assert_array_equal(ours, _decoded_by_validation(path, preprocess))
 
 
+@pytest.mark.slow
 def test_top_k_of_the_networks_logits_with_the_checkpoints_labels(checkpoint, images, capsys,
                                                                   pynative_mode):
     path, net = checkpoint
@@ -93,6 +94,7 @@ def test_top_k_of_the_networks_logits_with_the_checkpoints_labels(checkpoint, im
     assert len(res2net_ms.predict(folder, model=loaded, topk=1, batch_size=64)) == 360
 
 
+@pytest.mark.slow
 def test_graph_mode_batches_table_and_csv(checkpoint, images, capsys):
     path, _ = checkpoint
     code, table, err = _run(capsys, *images, "--ckpt_path", path, "--batch-size", 2)
@@ -129,6 +131,7 @@ def test_imagenet_class_names_ship_with_the_package():
     assert names[0] == "tench" and names[1] == "goldfish" and names[999] == "toilet tissue"
 
 
+@pytest.mark.slow
 def test_converted_checkpoint_and_checkpoint_of_another_model(tmp_path, images, capsys):
     net = res2net_ms.create_model("res2net50_48w_2s", num_classes=1000)
     converted = save_ckpt({p.name: p.asnumpy() for p in net.get_parameters()},
@@ -188,6 +191,7 @@ def test_command_line_runs_as_a_module(checkpoint, images):
     assert "RuntimeWarning" not in run.stderr and "Traceback" not in run.stderr
 
 
+@pytest.mark.slow
 def test_training_checkpoints_predict_with_their_ema_weights(digits_dir, tmp_path, images,
                                                              checkpoint, pynative_mode):
     """A run with EMA validated (and chose best.ckpt) with the EMA weights: predict uses them

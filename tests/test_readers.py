@@ -782,6 +782,7 @@ def test_corrupt_ckpt_is_one_line(tmp_path, kind, fragment):
                            "truncated, corrupt or of another format")
 
 
+@pytest.mark.slow
 def test_ckpt_that_breaks_mindspores_loader_is_one_line_in_the_cli(tmp_path):
     """A shape that claims fewer bytes than stored: MindSpore's own loader corrupts the heap
     (the process aborts) or builds a tensor of the wrong size; ours names the file and the
