@@ -149,17 +149,27 @@ def randomise(model, batch, seed=0, rpn_logit_std=2.0, rpn_delta_std=0.1, cls_lo
                 normal(m.weight, (2.0 / m.weight[0].numel()) ** 0.5)
                 if m.bias is not None:
                     normal(m.bias, 0.1)
-        rpn, box_heads = model.rpn_head, _heads(model.roi_head.bbox_head)
-        mask_heads = _heads(getattr(model.roi_head, "mask_head", None))
+        roi_head = model.roi_head
+        rpn, box_heads = model.rpn_head, _heads(roi_head.bbox_head)
+        mask_heads = _heads(getattr(roi_head, "mask_head", None))
         # Set in runs of the reference, each head measured on what the heads before it give,
-        # except that the mask heads' logits, which feed no other head, share one run.
+        # except that the mask heads' logits, which feed no other head, share one run. The
+        # features are the backbone's and FPN's, which stay as set above, so computed once;
+        # each run ends where the next group's head (or the first of the RoI head, for the
+        # RPN's) would start, as nothing after it changes what was measured.
         groups = [[((rpn.rpn_cls, rpn.rpn_reg), (rpn_logit_std, rpn_delta_std))]]
         groups += [[((head.fc_cls, head.fc_reg), (cls_logit_std, reg_delta_std))]
                    for head in box_heads]
+        roi_start = [m for m in (getattr(roi_head, "semantic_head", None),
+                                 _heads(roi_head.bbox_roi_extractor)[0]) if m is not None]
+        stops = [roi_start] + [[head] for head in box_heads[1:]] + [mask_heads[:1], []]
         if mask_heads:
             groups.append([((head.conv_logits,), (mask_logit_std,)) for head in mask_heads])
-        for group in groups:
-            statistics = _input_statistics(model, batch, [layers[0] for layers, _ in group])
+        data = model.data_preprocessor(batch, False)
+        feats = model.extract_feat(data["inputs"])
+        for group, stop in zip(groups, stops):
+            statistics = _input_statistics(model, feats, data["data_samples"],
+                                           [layers[0] for layers, _ in group], stop)
             for (layers, targets), (mean, variance) in zip(group, statistics):
                 for layer, target in zip(layers, targets):
                     normal(layer.weight, target / (mean.numel() * variance) ** 0.5)
@@ -167,19 +177,30 @@ def randomise(model, batch, seed=0, rpn_logit_std=2.0, rpn_delta_std=0.1, cls_lo
     return model
 
 
-def _input_statistics(model, batch, layers):
-    """Mean (per input channel) and variance (averaged) of the input of each of ``layers`` on
-    ``batch``, from one run; the heads subtract the mean, so that no class or anchor wins
-    everywhere."""
+class _Enough(Exception):
+    """Ends a reference run whose remaining part measures nothing."""
+
+
+def _input_statistics(model, feats, samples, layers, stop=()):
+    """Mean (per input channel) and variance (averaged) of the input of each of ``layers`` in
+    a run of the heads on ``feats``, ended when a module of ``stop`` starts; the heads
+    subtract the mean, so that no class or anchor wins everywhere."""
     seen = {id(layer): [] for layer in layers}
 
     def hook(module, args, out):
         x = args[0].transpose(0, 1).reshape(args[0].shape[1], -1)  # channels first
         seen[id(module)].append(x)
 
+    def end(module, args):
+        raise _Enough
+
     handles = [layer.register_forward_hook(hook) for layer in layers]
+    handles += [module.register_forward_pre_hook(end) for module in stop]
     try:
-        run_stages(model, batch)
+        rpn = model.rpn_head.predict(feats, samples, rescale=False)
+        model.roi_head.predict(feats, rpn, samples, rescale=True)
+    except _Enough:
+        pass
     finally:
         for handle in handles:
             handle.remove()
