@@ -150,6 +150,7 @@ def mmpretrain_state(official, deep_stem):
     return {"meta": {"mmpretrain_version": "1.2.0", "epoch": 100}, "state_dict": out}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("timm_name", ["res2net50_14w_8s", "res2net50d"])
 def test_mmpretrain_layout(tmp_path, timm_name):
     ref = timm_model(timm_name)
@@ -250,6 +251,7 @@ def mindcv_ckpt(official, path):
     ms.save_checkpoint(params, str(path))
 
 
+@pytest.mark.slow
 def test_mindcv_checkpoint(tmp_path):
     ref = timm_model("res2net50d")
     mindcv_ckpt(ref.state_dict(), tmp_path / "res2net50_v1b-mindcv.ckpt")

@@ -33,7 +33,8 @@ def bn_count(net):
 @pytest.mark.parametrize("name, kwargs, size", [
     ("res2net50_26w_4s", {}, 64),
     ("res2net50_v1b_26w_4s", {}, 65),  # deep stem, average-pool shortcut, odd size
-    ("res2next50", {"output_stride": 8}, 64),  # grouped, dilated
+    pytest.param("res2next50", {"output_stride": 8}, 64,  # grouped, dilated
+                 marks=pytest.mark.slow),
     ("res2next_dla60", {"levels": (1, 1, 1, 2, 1, 1)}, 64),  # DLA trees, roots
 ])
 def test_fuse_bn_and_export_form_keep_the_logits(pynative_mode, name, kwargs, size):

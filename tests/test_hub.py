@@ -237,6 +237,7 @@ def test_under_msrun_rank_0_downloads_while_the_others_wait(server, official, tm
     assert server.requests == ["/" + name]
 
 
+@pytest.mark.slow
 def test_detector_weights_are_downloaded_checked_and_cached(monkeypatch, server, tmp_path):
     """``create_detector(name, pretrained=True)`` goes the backbones' way: the published file
     (here a small Faster R-CNN, the quickest to build, served under a name carrying its own

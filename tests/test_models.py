@@ -119,7 +119,8 @@ def _unused_params(net):
     return names
 
 
-@pytest.mark.parametrize("name", ["res2net50_26w_4s", "res2net_dla60"])
+@pytest.mark.parametrize("name", ["res2net50_26w_4s",
+                                  pytest.param("res2net_dla60", marks=pytest.mark.slow)])
 def test_pynative_forward_and_backward(pynative_mode, name):
     net = res2net_ms.create_model(name, num_classes=3)
     net.set_train(True)
