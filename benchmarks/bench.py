@@ -451,9 +451,7 @@ def step_benchmark(opts):
         print(f"left out: {impl} ({why})")
     start = time.perf_counter()
     rates = {}
-    if "start" in opts.matmul_at:
-        rates["start"] = matmul_rates(opts.matmul_size)
-        print("reachable fp32 at the start: " + describe_rates(rates["start"]))
+    machine.rates_at("start", opts, rates)
     recipe = run_worker("recipe", opts)
     if "error" in recipe:
         raise SystemExit(f"cannot build {opts.model}: {recipe['error']}")
@@ -465,9 +463,7 @@ def step_benchmark(opts):
         for impl in impls[r % len(impls):] + impls[:r % len(impls)]:
             rounds[impl].append(run_worker(impl, opts))
             _print_round(r, impl, rounds[impl][-1])
-    if "end" in opts.matmul_at:
-        rates["end"] = matmul_rates(opts.matmul_size)
-        print("reachable fp32 at the end: " + describe_rates(rates["end"]))
+    machine.rates_at("end", opts, rates)
     summary = collect(rounds)
     not_quiet = busy(box["load_average"][0],
                      [m for i in ("ours", "torch") for m in summary.get(i, {}).get("runs", [])])
@@ -495,9 +491,7 @@ def parser():
     p.add_argument("--steps", type=int, default=4, help="timed training steps per round")
     p.add_argument("--infer-steps", type=int, default=6, help="timed inference batches per round")
     p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--matmul-size", type=int, default=4096)
-    p.add_argument("--matmul-at", choices=("start,end", "start", "none"),
-                   default="start,end", help="when to measure the MatMul rates")
+    machine.add_matmul_arguments(p)
     p.add_argument("--impls", default="ours,mindcv,torch",
                    help="comma-separated subset of ours,mindcv,torch")
     p.add_argument("--timeout", type=int, default=900, help="seconds per subprocess")

@@ -41,8 +41,8 @@ import tempfile
 import time
 
 import machine
-from machine import (MINDCV_NAMES, TIMM_NAMES, busy, describe_rates, last_line, matmul_rates,
-                     report, result_of, versions, write_json)
+from machine import (MINDCV_NAMES, TIMM_NAMES, busy, last_line, report, result_of, versions,
+                     write_json)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLASSES = 8
@@ -435,9 +435,7 @@ def parser():
                    help="data workers, the same for all")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--timeout", type=int, default=3600, help="seconds per command")
-    p.add_argument("--matmul-size", type=int, default=4096)
-    p.add_argument("--matmul-at", choices=("start,end", "start", "none"),
-                   default="start,end", help="when to measure the MatMul rates")
+    machine.add_matmul_arguments(p)
     p.add_argument("--data", help="the photo folder (default: a temporary one)")
     p.add_argument("--out", default=os.path.join(HERE, "end_to_end.json"))
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
@@ -456,9 +454,7 @@ def main(argv=None):
     print(f"machine: {box['cpu']}, {box['cores']} cores, load average "
           f"{' '.join(f'{x:.2f}' for x in box['load_average'])}")
     rates = {}
-    if "start" in opts.matmul_at:
-        rates["start"] = matmul_rates(opts.matmul_size)
-        print("reachable fp32 at the start: " + describe_rates(rates["start"]))
+    machine.rates_at("start", opts, rates)
     own_data = opts.data is None
     opts.data = opts.data or tempfile.mkdtemp(prefix="e2e-photos-")
     start = time.perf_counter()
@@ -481,9 +477,7 @@ def main(argv=None):
     finally:
         if own_data:
             shutil.rmtree(opts.data, ignore_errors=True)
-    if "end" in opts.matmul_at:
-        rates["end"] = matmul_rates(opts.matmul_size)
-        print("reachable fp32 at the end: " + describe_rates(rates["end"]))
+    machine.rates_at("end", opts, rates)
     runs = [r["machine"] for name, rs in results.items() for r in rs
             if name.startswith(("ours_train", "torch_train")) and "machine" in r]
     runs += [p[k]["machine"] for name in ("ours_predict", "torch_predict")

@@ -228,6 +228,21 @@ def matmul_rates(n=4096, timeout=600):
     return rates
 
 
+def add_matmul_arguments(parser):
+    """The MatMul options of the benchmark drivers: its size, and when the rates are taken."""
+    parser.add_argument("--matmul-size", type=int, default=4096)
+    parser.add_argument("--matmul-at", choices=("start,end", "start", "none"),
+                        default="start,end", help="when to measure the MatMul rates")
+
+
+def rates_at(moment, opts, rates):
+    """The MatMul rates at ``moment`` ("start" or "end") into ``rates``, printed, unless
+    ``--matmul-at`` leaves that moment out."""
+    if moment in opts.matmul_at.split(","):
+        rates[moment] = matmul_rates(opts.matmul_size)
+        print(f"reachable fp32 at the {moment}: " + describe_rates(rates[moment]))
+
+
 def describe_rates(rates):
     """One line: both MatMul rates."""
     def rate(kind):
