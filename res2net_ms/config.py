@@ -70,8 +70,8 @@ OPTIONS = [
        "sink the data to the device (Ascend/GPU: mindspore.data_sink; CPU has no sink)"),
     # Dataset
     _O("dataset", "dataset", "imagefolder", "str",
-       "data_dir layout: one folder per class under each split",
-       choices=("imagefolder", "imagenet", "")),
+       "data_dir layout: one folder per class under each split (coco: a COCO instances "
+       "JSON per split, for detectors)", choices=("imagefolder", "imagenet", "coco", "")),
     _O("data_dir", "dataset", None, "str", "folder holding the train and val splits",
        optional=True),
     _O("dataset_download", "dataset", False, "bool",
@@ -229,9 +229,38 @@ OPTIONS = [
     _O("val_amp_level", "amp", None, "str",
        "validate.py's mixed precision (null: amp_level)", choices=("O0", "O1", "O2", "O3"),
        optional=True),
+    # Detection: mmdetection's settings under mmdetection's names
+    _O("detector", "detection", None, "str",
+       "train or evaluate this detector of res2net_ms.list_detectors() on a COCO-format "
+       "data_dir (null: a classifier on class folders)", optional=True),
+    _O("train_ann_file", "detection", None, "str",
+       "COCO instances JSON of train_split, in data_dir (null: "
+       "annotations/instances_<train_split>.json)", optional=True),
+    _O("val_ann_file", "detection", None, "str",
+       "COCO instances JSON of val_split, in data_dir (null: "
+       "annotations/instances_<val_split>.json)", optional=True),
+    _O("img_scale", "detection", [1333, 800], "ints",
+       "keep-ratio resize into (long side, short side), mmdetection's Resize scale",
+       length=2, bounds="[32, inf)"),
+    _O("train_cfg", "detection", {}, "dict",
+       "changes to mmdetection's train_cfg, e.g. {rcnn: {sampler: {num: 256}}}"),
+    _O("test_cfg", "detection", {}, "dict",
+       "changes to mmdetection's test_cfg, e.g. {rcnn: {score_thr: 0.3}}"),
+    _O("roi_sampling_ratio", "detection", 2, "int",
+       "RoIAlign samples per bin and axis (training needs a fixed count)", bounds="[1, inf)"),
+    _O("warmup_iters", "detection", 500, "int", "linear warm-up iterations (mmdetection's)",
+       bounds="[0, inf)"),
+    _O("warmup_ratio", "detection", 0.001, "float", "warm-up starts at lr * warmup_ratio",
+       bounds="(0, 1]"),
+    _O("auto_scale_lr", "detection", False, "bool",
+       "scale lr by the total batch (batch_size x ranks) / base_batch_size, as mmdetection's "
+       "--auto-scale-lr"),
+    _O("base_batch_size", "detection", 16, "int", "the total batch lr is given for",
+       bounds="[1, inf)"),
 ]
 OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
-GROUPS = ("system", "dataset", "augmentation", "model", "loss", "optimizer", "scheduler", "amp")
+GROUPS = ("system", "dataset", "augmentation", "model", "loss", "optimizer", "scheduler", "amp",
+          "detection")
 # Run invocations rather than settings: not accepted in YAML files, not saved.
 _NOT_IN_YAML = ("config",)
 _NOT_SAVED = ("config", "resume")

@@ -37,6 +37,7 @@ class RunState:
 
     Every field is stored as ``meta.<name>``, typed by its annotation (a list as JSON). The
     first four describe the run; the others say where it stands, and the loop updates them.
+    A detector's run keeps its validation box mAP, in percent, in the top-1 fields.
     """
 
     model: str = ""

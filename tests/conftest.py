@@ -43,9 +43,10 @@ def pytest_configure(config):
 # The costliest files, heaviest first (measured on CI). pytest-xdist's ``--dist loadfile``
 # hands whole files to the workers in collection order: starting the long ones first keeps
 # both workers busy to the end (the Makefile turns off xdist's own order, by test count).
-HEAVY_FIRST = ("test_faults.py", "test_det_parity.py", "test_train.py", "test_distributed.py",
-               "test_bench.py", "test_models.py", "test_export.py", "test_convert.py",
-               "test_compile_cache.py", "test_det_train_parity.py", "test_detect_cli.py")
+HEAVY_FIRST = ("test_faults.py", "test_det_parity.py", "test_det_run.py", "test_train.py",
+               "test_distributed.py", "test_bench.py", "test_models.py", "test_export.py",
+               "test_convert.py", "test_compile_cache.py", "test_det_train_parity.py",
+               "test_detect_cli.py")
 
 
 def pytest_collection_modifyitems(items):

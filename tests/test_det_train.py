@@ -22,7 +22,7 @@ def digits_det(tmp_path_factory):
     """A small digits detection set, with one crowd region and one image left empty."""
     root = write_digits_detection_set(str(tmp_path_factory.mktemp("det") / "digits_det"),
                                       train_images=6, val_images=4)
-    ann = os.path.join(root, "annotations", "train.json")
+    ann = os.path.join(root, "annotations", "instances_train.json")
     with open(ann) as f:
         data = json.load(f)
     data["annotations"][0]["iscrowd"] = 1
@@ -35,7 +35,7 @@ def digits_det(tmp_path_factory):
 
 def test_targets_are_the_annotations_without_crowds_and_empty_images(digits_det):
     root, data = digits_det
-    train = CocoTrainSet(os.path.join(root, "annotations", "train.json"),
+    train = CocoTrainSet(os.path.join(root, "annotations", "instances_train.json"),
                          os.path.join(root, "train"), DIGIT_NAMES, with_mask=True)
     assert len(train) == len(data["images"]) - 1  # the image without a box is left out
     crowd = data["annotations"][0]
@@ -54,7 +54,7 @@ def test_targets_are_the_annotations_without_crowds_and_empty_images(digits_det)
 
 def test_flip_mirrors_boxes_and_masks_together(digits_det):
     root, _ = digits_det
-    train = CocoTrainSet(os.path.join(root, "annotations", "train.json"),
+    train = CocoTrainSet(os.path.join(root, "annotations", "instances_train.json"),
                          os.path.join(root, "train"), DIGIT_NAMES, with_mask=True)
     image, target = train[1]
     flipped, mirrored = hflip(image, target)
@@ -65,15 +65,33 @@ def test_flip_mirrors_boxes_and_masks_together(digits_det):
     again = hflip(flipped, mirrored)
     np.testing.assert_array_equal(again[1]["boxes"], target["boxes"])
     batches = list(train.batches(2, epoch=0, seed=0))
-    assert len(batches) == len(train) // 2 and all(len(images) == 2 for images, _ in batches)
-    assert [t["boxes"].tolist() for _, ts in batches for t in ts] != \
-        [t["boxes"].tolist() for _, ts in train.batches(2, epoch=1, seed=0) for t in ts]
+    assert len(batches) == len(train) // 2 and all(len(images) == 2 for images, _, _ in batches)
+    assert [t["boxes"].tolist() for _, ts, _ in batches for t in ts] != \
+        [t["boxes"].tolist() for _, ts, _ in train.batches(2, epoch=1, seed=0) for t in ts]
+
+
+def test_ranks_share_out_the_global_batch_and_resume_mid_epoch(digits_det):
+    """Two ranks of batch 1 see the images, flips and sampler seeds of one rank of batch 2,
+    and a start from step 1 continues where step 0 ended."""
+    root, _ = digits_det
+    train = CocoTrainSet(os.path.join(root, "annotations", "instances_train.json"),
+                         os.path.join(root, "train"), DIGIT_NAMES)
+
+    def flat(batches):
+        return [(t["boxes"].tolist(), seed) for _, targets, seeds in batches
+                for t, seed in zip(targets, seeds)]
+
+    whole = flat(train.batches(2, epoch=3, seed=5))
+    ranks = [flat(train.batches(1, epoch=3, seed=5, rank=r, group_size=2)) for r in (0, 1)]
+    assert [pair for step in zip(*ranks) for pair in step] == whole
+    assert flat(train.batches(2, epoch=3, seed=5, start_step=1)) == whole[2:]
+    assert len({seed for _, seed in whole}) == len(whole)
 
 
 def test_bad_image_and_foreign_classes_are_one_line(digits_det, tmp_path):
     root, _ = digits_det
     with pytest.raises(ValueError, match="categories of the annotations: 'cat'"):
-        CocoTrainSet(os.path.join(root, "annotations", "train.json"),
+        CocoTrainSet(os.path.join(root, "annotations", "instances_train.json"),
                      os.path.join(root, "train"), ("cat",))
     folder = tmp_path / "train"
     folder.mkdir()
@@ -82,7 +100,7 @@ def test_bad_image_and_foreign_classes_are_one_line(digits_det, tmp_path):
     bad = sorted(os.listdir(folder))[2]
     (folder / bad).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(Exception, match=f"{bad}: not a readable image") as error:
-        CocoTrainSet(os.path.join(root, "annotations", "train.json"), str(folder), DIGIT_NAMES)
+        CocoTrainSet(os.path.join(root, "annotations", "instances_train.json"), str(folder), DIGIT_NAMES)
     assert "\n" not in str(error.value)
 
 

@@ -27,7 +27,7 @@ from res2net_ms.det.roi_extractor import RoIExtractor
 from res2net_ms.det.roi_head import SingleRoIExtractor, StandardRoIHead
 from res2net_ms.det.roi_loss import StandardRoIHeadLoss
 from res2net_ms.det.sampler import RandomSampler
-from res2net_ms.det.train_inputs import collate_train, resize_masks
+from res2net_ms.det.train_inputs import resize_masks
 from res2net_ms.det.train_step import TrainStep
 
 pytestmark = [pytest.mark.torch, pytest.mark.mmdet]  # runs mmdetection itself
@@ -188,14 +188,14 @@ def run(request, tmp_path_factory):
                            scale=SCALE, train_cfg=TRAIN_CFG, roi_sampling_ratio=2)
     optimizer = RecordingSGD(ours.trainable_params(), learning_rate=LEARNING_RATE)
     step = TrainStep(ours.loss_cell(), optimizer)
-    batch = collate_train(ours.data_preprocessor, images, targets, 8, 80, ours.with_mask)
-    total, losses, overflow = step(*batch.tensors())
+    inputs = ours.loss_cell().inputs(images, targets)
+    total, losses, overflow = step(*inputs)
     assert int(overflow) == 0, "positives without a mask slot: raise mask_rois"
     recorded = {p.name[len("recorded."):]: p.asnumpy() for p in optimizer.grads}
     return dict(name=name, ref_losses=ref_losses, ref_grads=ref_grads, parts=parts,
                 thin=[thinner_than_a_feature_pixel(p) for p in proposals],
                 losses=dict(zip(ours.loss_cell().names, (float(x.asnumpy()) for x in losses))),
-                total=float(total.asnumpy()), grads=recorded, step=step, batch=batch,
+                total=float(total.asnumpy()), grads=recorded, step=step, inputs=inputs,
                 detector=ours)
 
 
@@ -204,7 +204,7 @@ def test_losses_match_mmdetection(run):
     assert set(ours) == {k for k in ref if k.startswith(("loss", "acc"))}
     assert ref["loss_bbox"] > 0 and ref["acc"] > 0, "no positive RoI: the batch proves little"
     print(f"{run['name']}: proposals thinner than a feature pixel per image: {run['thin']}")
-    assert tuple(run["batch"].img_shapes[1]) == (192, 262)  # smaller than the batch
+    assert tuple(run["inputs"][1].asnumpy()[1]) == (192, 262)  # smaller than the batch
     worst = 0.0
     for key in ours:
         diff = abs(ours[key] - ref[key]) / abs(ref[key])
@@ -244,7 +244,7 @@ def test_the_step_trains(run):
         pytest.skip("trained on Faster R-CNN only: the mask head's gradient is slow on a CPU")
     totals = [run["total"]]
     for _ in range(2):
-        total, _, _ = run["step"](*run["batch"].tensors())
+        total, _, _ = run["step"](*run["inputs"])
         totals.append(float(total.asnumpy()))
     print(f"{run['name']} total loss over 3 steps: {totals}")
     assert np.all(np.diff(totals) < 0) and totals[-1] < 0.8 * totals[0]
@@ -419,7 +419,8 @@ def test_cascades_refuse_training():
 
 def test_random_sampler_draws_fixed_counts_from_the_candidates():
     """mmdetection's RandomSampler: at most num * pos_fraction positives, negatives up to num
-    (or neg_pos_ub per positive), never an ignored or invalid prior, a new draw each call."""
+    (or neg_pos_ub per positive), never an ignored or invalid prior; the same keys draw the
+    same, other keys another."""
     rng = np.random.default_rng(0)
     gt_inds = rng.choice([-1, 0, 0, 0, 1, 2], size=(3, 3000)).astype(np.int32)
     gt_inds[1, gt_inds[1] > 0] = rng.choice([-1, 0], size=int((gt_inds[1] > 0).sum()))
@@ -429,14 +430,17 @@ def test_random_sampler_draws_fixed_counts_from_the_candidates():
     for sampler, expect in ((RandomSampler(256, 0.5, add_gt_as_proposals=False), None),
                             (RandomSampler(256, 0.5, neg_pos_ub=3), 3)):
         draw = ms.jit(sampler)
-        pos, neg = (x.asnumpy() for x in draw(ms.Tensor(gt_inds), ms.Tensor(valid)))
-        again, _ = draw(ms.Tensor(gt_inds), ms.Tensor(valid))
+        keys, other = (ms.Tensor(rng.random((3, 3000)).astype(np.float32)) for _ in range(2))
+        pos, neg = (x.asnumpy() for x in draw(ms.Tensor(gt_inds), ms.Tensor(valid), keys))
+        same, _ = draw(ms.Tensor(gt_inds), ms.Tensor(valid), keys)
+        again, _ = draw(ms.Tensor(gt_inds), ms.Tensor(valid), other)
         assert not (pos & ~candidates_pos).any() and not (neg & ~candidates_neg).any()
         num_pos = pos.sum(axis=1)
         np.testing.assert_array_equal(num_pos, np.minimum(candidates_pos.sum(axis=1), 128))
         bound = 256 - num_pos if expect is None else np.minimum(256 - num_pos, 3 * num_pos)
         np.testing.assert_array_equal(neg.sum(axis=1), bound)
-        assert (again.asnumpy() != pos).any(), "the same draw twice"
+        np.testing.assert_array_equal(same.asnumpy(), pos)
+        assert (again.asnumpy() != pos).any(), "other keys, the same draw"
 
 
 def test_rcnn_sampling_puts_the_ground_truth_first_among_the_proposals():
@@ -462,7 +466,8 @@ def test_rcnn_sampling_puts_the_ground_truth_first_among_the_proposals():
 
     priors, gt_inds, pos, neg, slots, slot_pos, slot_used = (x.asnumpy() for x in sample(
         ms.Tensor(proposals.astype(np.float32)), ms.Tensor(proposal_valid),
-        ms.Tensor(gt_boxes), ms.Tensor(gt_valid)))
+        ms.Tensor(gt_boxes), ms.Tensor(gt_valid),
+        ms.Tensor(rng.random((2, sampling.num_priors(1000, 4))).astype(np.float32))))
     np.testing.assert_array_equal(priors[:, :4], gt_boxes)
     assert (gt_inds[:, :4][gt_valid] == np.tile(np.arange(1, 5), (2, 1))[gt_valid]).all()
     assert pos[:, :4][gt_valid].all() and not (pos | neg)[:, :4][~gt_valid].any()

@@ -118,15 +118,30 @@ def _check_classes(weights, report, meta):
                         + (f" ({classes[0]}, ..., {classes[-1]})" if classes else ""))
 
 
-def convert_detector_checkpoint(src, targets, out=None, model_name="?"):
+# The layers whose shapes follow the class count (fine-tuning onto other classes renews them).
+CLASS_LAYERS = re.compile(r"\.(fc_cls|fc_reg|conv_logits)\.(weight|bias)$")
+
+
+def convert_detector_checkpoint(src, targets, out=None, model_name="?", new_classes=False):
     """Convert the detector checkpoint ``src`` for a detector with parameters ``targets``.
 
-    Strict: nothing is written unless every parameter is found with its shape. Writes ``out``
-    (one MindSpore .ckpt, with the class names when the source names them) if given. Returns
-    ``(weights, report, meta)``.
+    Strict: nothing is written unless every parameter is found with its shape; with
+    ``new_classes``, but for the class layers (:data:`CLASS_LAYERS`) of another class count,
+    which are left out (as mmdetection's ``load_from`` leaves them when fine-tuning onto
+    other classes). Writes ``out`` (one MindSpore .ckpt, with the class names when the source
+    names them) if given. Returns ``(weights, report, meta)``.
     """
     state, meta = read_detector_checkpoint(src)
     weights, report = map_detector(state, targets, meta, str(src), model_name)
+    if new_classes:
+        renewed = {m[0] for m in report.mismatched if CLASS_LAYERS.search(str(m[0]))}
+        report.mismatched = [m for m in report.mismatched
+                             if m[0] not in renewed and m[0] != "classes"]
+        report.missing = [n for n in report.missing if n not in renewed]
+        if renewed:
+            report.notes.append(f"{len(renewed)} class layers of another class count left "
+                                "out: they start afresh")
+            meta = dict(meta, classes=None)
     check_strict(report)
     if out is not None:
         marks = {SOURCE_KEY: "mmdet"} if report.layout == "mmdet" else {}

@@ -71,7 +71,7 @@ def _canvases(pixels, targets, count, rng, size, sides, per_canvas):
 
 def write_digits_detection_set(root, train_images=600, val_images=150, size=128,
                                sides=(20, 48), per_canvas=(2, 5), val_fraction=0.2, seed=0):
-    """Write ``root/{train,val}/*.png`` and ``root/annotations/{train,val}.json`` (COCO
+    """Write ``root/{train,val}/*.png`` and ``root/annotations/instances_{train,val}.json`` (COCO
     instances: boxes tight around each digit's strokes, masks as RLE, categories "0".."9").
 
     Nothing is written when ``root`` already holds both annotation files; otherwise the set
@@ -82,7 +82,7 @@ def write_digits_detection_set(root, train_images=600, val_images=150, size=128,
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    if all(os.path.isfile(os.path.join(root, "annotations", f"{s}.json"))
+    if all(os.path.isfile(os.path.join(root, "annotations", f"instances_{s}.json"))
            for s in ("train", "val")):
         return root
     digits = load_digits()
@@ -112,7 +112,7 @@ def write_digits_detection_set(root, train_images=600, val_images=150, size=128,
                         "segmentation": _uncompressed_rle(mask)})
             categories = [{"id": d + 1, "name": name, "supercategory": "digit"}
                           for d, name in enumerate(DIGIT_NAMES)]
-            with open(os.path.join(tmp, "annotations", f"{split}.json"), "w") as f:
+            with open(os.path.join(tmp, "annotations", f"instances_{split}.json"), "w") as f:
                 json.dump({"images": images, "annotations": annotations,
                            "categories": categories}, f)
 

@@ -105,7 +105,7 @@ def run(args):
     backbone_ckpt = classifier_checkpoint(os.path.join(REPO, args.backbone_ckpt))
     root = write_digits_detection_set(os.path.join(REPO, args.data_dir), args.train_images,
                                       args.val_images)
-    data = CocoTrainSet(os.path.join(root, "annotations", "train.json"),
+    data = CocoTrainSet(os.path.join(root, "annotations", "instances_train.json"),
                         os.path.join(root, "train"), DIGIT_NAMES)
     detector = demo_detector(args, backbone_ckpt, data.max_boxes)
     print(f"training on {len(data)} canvases, {args.epochs} epochs of "
@@ -118,7 +118,7 @@ def run(args):
     weights = os.path.join(out_dir, "detector.ckpt")
     os.makedirs(out_dir, exist_ok=True)
     save_ckpt({p.name: p for p in detector.get_parameters()}, weights)
-    coco = read_annotations(os.path.join(root, "annotations", "val.json"))
+    coco = read_annotations(os.path.join(root, "annotations", "instances_val.json"))
     folder = os.path.join(root, "val")
     (boxes,) = evaluate_detector(detector, coco, folder)
     print(boxes.report())

@@ -144,7 +144,8 @@ def create_detector(name: str, checkpoint_path: Optional[str] = None, pretrained
                     backbone_kwargs: Optional[dict] = None, scale: Sequence[int] = (1333, 800),
                     test_cfg: Optional[dict] = None, train_cfg: Optional[dict] = None,
                     roi_sampling_ratio: Optional[int] = None,
-                    cache_dir: Optional[str] = None) -> TwoStageDetector:
+                    cache_dir: Optional[str] = None, new_classes: bool = False,
+                    backbone_checkpoint: Optional[str] = None) -> TwoStageDetector:
     """Build a detector by name, with weights if ``checkpoint_path`` or ``pretrained`` is given.
 
     Args:
@@ -167,16 +168,21 @@ def create_detector(name: str, checkpoint_path: Optional[str] = None, pretrained
             Mask R-CNN); a number sets both.
         cache_dir: the cache folder of ``pretrained`` (default ``$R2N_CACHE_DIR`` or
             ``~/.cache/res2net_ms``).
+        new_classes: fine-tuning onto ``num_classes`` other classes: the checkpoint's class
+            layers, of another size, are left out (mmdetection's ``load_from``).
+        backbone_checkpoint: the backbone's weights (a classifier's file) for a detector
+            without ``checkpoint_path``: mmdetection's backbone ``init_cfg`` Pretrained.
     """
     cfg = get_detector_config(name)
     if pretrained and not checkpoint_path:
         checkpoint_path = pretrained_detector_path(name, cache_dir, backbone_kwargs)
     detector = build_detector(cfg, num_classes, backbone_kwargs, scale, test_cfg,
-                              train_cfg=train_cfg, roi_sampling_ratio=roi_sampling_ratio)
+                              train_cfg=train_cfg, roi_sampling_ratio=roi_sampling_ratio,
+                              backbone_checkpoint=None if checkpoint_path else backbone_checkpoint)
     meta = {}
     if checkpoint_path:
         weights, report, meta = convert_detector_checkpoint(
-            checkpoint_path, param_shapes(detector), model_name=name)
+            checkpoint_path, param_shapes(detector), model_name=name, new_classes=new_classes)
         load_arrays(detector, weights)
         detector.load_report = report
     names = class_names or meta.get("classes") or (coco_classes() if num_classes == 80 else ())

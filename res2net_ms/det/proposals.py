@@ -35,6 +35,11 @@ class RPNProposals(nn.Cell):
         self.nms = ops.NMSWithMask(nms["iou_threshold"])
         self.stds = stds
 
+    def num_candidates(self, level_sizes):
+        """Boxes that reach the last ``TopK`` for levels of ``level_sizes`` anchors."""
+        return sum(min(self.nms_pre, size) if self.nms_pre > 0 else size
+                   for size in level_sizes)
+
     def _nms_keep(self, boxes, scores):
         """Per image, which of the score-sorted ``boxes`` (N, k, 4) survive NMS (N, k)."""
         keep = ()

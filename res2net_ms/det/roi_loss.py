@@ -65,9 +65,14 @@ class StandardRoIHeadLoss(nn.Cell):
                                  "per image as train_cfg['static']['mask_rois']")
             self.mask_rois = self.sampler.num_pos if mask_rois is None else mask_rois
 
-    def _sample(self, proposals, proposal_valid, gt_boxes, gt_valid):
+    def num_priors(self, num_proposals, max_gts):
+        """P, the priors an image's sampler draws from (the keys it needs)."""
+        return num_proposals + (max_gts if self.sampler.add_gt_as_proposals else 0)
+
+    def _sample(self, proposals, proposal_valid, gt_boxes, gt_valid, keys):
         """Priors (N, P, 4), their gt indices (N, P) and the sampled positives and negatives
-        (N, P): the proposals, after the gt boxes with ``add_gt_as_proposals``."""
+        (N, P) drawn by ``keys`` (N, P): the proposals, after the gt boxes with
+        ``add_gt_as_proposals``."""
         gt_inds = self.assigner(bbox_overlaps(gt_boxes, proposals), gt_valid, proposal_valid)
         priors, valid = proposals, proposal_valid
         if self.sampler.add_gt_as_proposals:
@@ -75,7 +80,7 @@ class StandardRoIHeadLoss(nn.Cell):
             gt_inds = ops.concat([ops.broadcast_to(own, gt_valid.shape), gt_inds], axis=1)
             priors = ops.concat([gt_boxes, proposals], axis=1)
             valid = ops.concat([gt_valid, proposal_valid], axis=1)
-        pos, neg = self.sampler(gt_inds, valid)
+        pos, neg = self.sampler(gt_inds, valid, keys)
         return priors, gt_inds, pos, neg
 
     def _slots(self, pos, neg):
@@ -131,13 +136,15 @@ class StandardRoIHeadLoss(nn.Cell):
             overflow = positive[:, keep:].astype(ms.int32).sum()
         return loss_mask, overflow
 
-    def construct(self, feats, proposals, proposal_valid, gt_boxes, gt_labels, gt_valid,
+    def construct(self, feats, proposals, proposal_valid, gt_boxes, gt_labels, gt_valid, keys,
                   gt_masks=None):
         """``feats`` the pyramid (P2.. first), ``proposals`` (N, R, 4) and their validity,
-        ``gt_boxes`` (N, G, 4), ``gt_labels`` (N, G), ``gt_valid`` (N, G), ``gt_masks``
-        (N, G, H, W) uint8 at the batch's padded size. Returns the losses and the count of
-        positives left out of the mask loss."""
-        priors, gt_inds, pos, neg = self._sample(proposals, proposal_valid, gt_boxes, gt_valid)
+        ``gt_boxes`` (N, G, 4), ``gt_labels`` (N, G), ``gt_valid`` (N, G), the sampler's
+        ``keys`` (N, :meth:`num_priors`), ``gt_masks`` (N, G, H, W) uint8 at the batch's
+        padded size. Returns the losses and the count of positives left out of the mask
+        loss."""
+        priors, gt_inds, pos, neg = self._sample(proposals, proposal_valid, gt_boxes, gt_valid,
+                                                 keys)
         slots, positive, used = self._slots(pos, neg)
         boxes = _take(priors, slots)
         slot_gt = ops.clamp(_take(gt_inds, slots) - 1, 0)

@@ -40,13 +40,14 @@ class RPNLoss(nn.Cell):
         return (valid & (anchors[None, :, 0] >= -border) & (anchors[None, :, 1] >= -border)
                 & (anchors[None, :, 2] < width + border) & (anchors[None, :, 3] < height + border))
 
-    def construct(self, logits, deltas, anchors, valid, img_shapes, gt_boxes, gt_valid):
+    def construct(self, logits, deltas, anchors, valid, img_shapes, gt_boxes, gt_valid, keys):
         """``logits`` (N, T) and ``deltas`` (N, T, 4) of the T anchors (T, 4) of all levels,
         ``valid`` (N, T) the anchors within each image's padded area, ``img_shapes`` (N, 2),
-        ``gt_boxes`` (N, G, 4) and ``gt_valid`` (N, G). Returns the two losses."""
+        ``gt_boxes`` (N, G, 4), ``gt_valid`` (N, G) and the sampler's ``keys`` (N, T).
+        Returns the two losses."""
         valid = self._inside(anchors, valid, img_shapes)
         gt_inds = self.assigner(bbox_overlaps(gt_boxes, anchors[None]), gt_valid, valid)
-        pos, neg = self.sampler(gt_inds, valid)
+        pos, neg = self.sampler(gt_inds, valid, keys)
         num_pos = ops.maximum(pos.astype(ms.float32).sum(axis=1), 1.0)
         avg_factor = num_pos.sum()
         if self.sampler.avg_factor_with_neg:

@@ -76,13 +76,24 @@ class CocoTrainSet:
             target["masks"] = np.stack([self.coco.annToMask(a) for a in annotations]) > 0
         return load_image(path), target
 
-    def batches(self, batch_size, epoch, seed=0, flip_prob=0.5):
-        """The epoch's batches of ``(images, targets)``: a shuffle of its own per epoch and
-        seed, whole batches only (static shapes; the remainder waits for the next shuffle),
-        each image flipped with ``flip_prob``."""
+    def steps_per_epoch(self, batch_size, group_size=1):
+        """Whole global batches of an epoch (the remainder waits for the next shuffle)."""
+        return len(self) // (batch_size * group_size)
+
+    def batches(self, batch_size, epoch, seed=0, flip_prob=0.5, start_step=0, rank=0,
+                group_size=1):
+        """The epoch's batches of ``(images, targets, seeds)`` for ``rank`` of ``group_size``
+        from step ``start_step`` on: a shuffle and flips of the epoch's own (drawn from
+        ``seed`` and ``epoch``), each global batch of ``batch_size * group_size`` images
+        shared out by rank, and each image's seed for its sampler draws (seed, epoch, place
+        in the epoch). An image thus gets the same flip and draw on one rank or many, and
+        after a resume from any step."""
         rng = np.random.RandomState([seed, epoch])
         order = rng.permutation(len(self))
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            pairs = [self[i] for i in order[start:start + batch_size]]
-            pairs = [hflip(*pair) if rng.rand() < flip_prob else pair for pair in pairs]
-            yield [image for image, _ in pairs], [target for _, target in pairs]
+        flips = rng.rand(len(order)) < flip_prob
+        size = batch_size * group_size
+        for step in range(start_step, self.steps_per_epoch(batch_size, group_size)):
+            places = range(step * size + rank * batch_size, step * size + (rank + 1) * batch_size)
+            pairs = [hflip(*self[order[i]]) if flips[i] else self[order[i]] for i in places]
+            yield ([image for image, _ in pairs], [target for _, target in pairs],
+                   [(seed, epoch, i) for i in places])

@@ -25,9 +25,11 @@ class TrainBatch:
     gt_labels: np.ndarray   # (N, G) int32
     gt_valid: np.ndarray    # (N, G) bool: which gt rows are real
     gt_masks: Optional[np.ndarray] = None  # (N, G, H, W) uint8 at the canvas size
+    sample_keys: Optional[np.ndarray] = None  # (N, S) float32: the samplers' random draws
 
     def tensors(self):
-        arrays = [self.images, self.img_shapes, self.gt_boxes, self.gt_labels, self.gt_valid]
+        arrays = [self.images, self.img_shapes, self.gt_boxes, self.gt_labels, self.gt_valid,
+                  self.sample_keys]
         if self.gt_masks is not None:
             arrays.append(self.gt_masks)
         return tuple(Tensor(a) for a in arrays)

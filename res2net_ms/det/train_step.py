@@ -5,16 +5,20 @@ Everything runs on the device in static shapes, with ops that exist on Ascend as
 backbone (frozen stem and stage 1, ``norm_eval``), FPN and RPN head, anchor targets, RPN losses,
 proposals (``TopK``, ``NMSWithMask``), R-CNN targets and sampling, RoI features (bilinear
 ``grid_sample``: :mod:`.roi_extractor` says why not ``ROIAlign``) and the box and mask
-losses. The inputs are a padded batch (:func:`~.train_inputs.collate_train`): images
-of one fixed size, ground truth padded to a fixed count with a validity mask.
+losses. The inputs are a padded batch (:meth:`TwoStageLoss.inputs`): images of one fixed
+size, ground truth padded to a fixed count with a validity mask, and the samplers' random keys.
 """
+import math
+
 import mindspore as ms
+import numpy as np
 from mindspore import Tensor, nn, ops
 
 from .anchors import device_grid_anchors
 from .proposals import RPNProposals
 from .roi_loss import StandardRoIHeadLoss
 from .rpn_loss import RPNLoss
+from .train_inputs import collate_train
 
 __all__ = ["LOSS_NAMES", "TwoStageLoss", "TrainStep", "check_overflow"]
 
@@ -42,6 +46,9 @@ class TwoStageLoss(nn.Cell):
         self.backbone = detector.backbone
         self.neck = detector.neck
         self.rpn_head = detector.rpn_head
+        self.data_preprocessor = detector.data_preprocessor
+        self.max_gts = train_cfg["static"]["max_gts"]
+        self.num_classes = detector.roi_head.bbox_head.num_classes
         generator = detector.rpn_head.anchor_generator
         self.strides = generator.strides
         self.base_anchors = tuple(Tensor(generator.base_anchors(s)) for s in self.strides)
@@ -59,6 +66,26 @@ class TwoStageLoss(nn.Cell):
         self.names = LOSS_NAMES if self.with_mask else LOSS_NAMES[:-1]
         self.summed = tuple(i for i, name in enumerate(self.names) if name != "acc")
         self.mask_rois = self.roi_loss.mask_rois if self.with_mask else None
+
+    def inputs(self, images, targets, seeds=None):
+        """The inputs of this cell (Tensors) for RGB uint8 ``images`` and their ``targets``
+        (:func:`~.train_inputs.collate_train`), with each image's sampler keys drawn from its
+        entry of ``seeds`` (any seed numpy takes; default: its index): the same image with
+        the same seed gets the same draw in any batch, on any rank, after any resume."""
+        batch = collate_train(self.data_preprocessor, list(images), list(targets),
+                              self.max_gts, self.num_classes, self.with_mask)
+        seeds = range(len(batch.images)) if seeds is None else seeds
+        count = self._num_keys(batch.images.shape[2:])
+        batch.sample_keys = np.stack([np.random.RandomState(seed).random_sample(count)
+                                      for seed in seeds]).astype(np.float32)
+        return batch.tensors()
+
+    def _num_keys(self, canvas):
+        """Keys an image needs: one per anchor (RPN), then one per R-CNN prior."""
+        levels = [math.ceil(canvas[0] / s) * math.ceil(canvas[1] / s) * len(base)
+                  for s, base in zip(self.strides, self.base_anchors)]
+        proposals = min(self.proposals.max_per_img, self.proposals.num_candidates(levels))
+        return sum(levels) + self.roi_loss.num_priors(proposals, self.max_gts)
 
     def _dense(self, images, img_shapes):
         """The pyramid, and per level the RPN's flat logits (N, T_l), deltas (N, T_l, 4),
@@ -80,17 +107,21 @@ class TwoStageLoss(nn.Cell):
         return feats, flat_logits, flat_deltas, anchors, valid
 
     @ms.jit
-    def construct(self, images, img_shapes, gt_boxes, gt_labels, gt_valid, gt_masks=None):
-        feats, logits, deltas, anchors, valid = self._dense(images, img_shapes)
+    def construct(self, images, img_shapes, gt_boxes, gt_labels, gt_valid, sample_keys,
+                  gt_masks=None):
+        feats, logits, deltas, level_anchors, valid = self._dense(images, img_shapes)
+        anchors = ops.concat(level_anchors)
+        num_anchors = anchors.shape[0]
         loss_rpn_cls, loss_rpn_bbox = self.rpn_loss(
-            ops.concat(logits, axis=1), ops.concat(deltas, axis=1), ops.concat(anchors),
-            ops.concat(valid, axis=1), img_shapes, gt_boxes, gt_valid)
+            ops.concat(logits, axis=1), ops.concat(deltas, axis=1), anchors,
+            ops.concat(valid, axis=1), img_shapes, gt_boxes, gt_valid,
+            sample_keys[:, :num_anchors])
         scores = ()
         for level_logits in logits:
             scores += (ops.sigmoid(level_logits),)
-        proposals, proposal_valid = self.proposals(scores, deltas, anchors, img_shapes)
+        proposals, proposal_valid = self.proposals(scores, deltas, level_anchors, img_shapes)
         rcnn, overflow = self.roi_loss(feats, proposals, proposal_valid, gt_boxes, gt_labels,
-                                       gt_valid, gt_masks)
+                                       gt_valid, sample_keys[:, num_anchors:], gt_masks)
         losses = (loss_rpn_cls, loss_rpn_bbox) + rcnn
         total = losses[0]
         for index in self.summed[1:]:
@@ -106,18 +137,34 @@ class TrainStep(nn.Cell):
     Args:
         loss_cell: the detector's :meth:`~.two_stage.TwoStageDetector.loss_cell`.
         optimizer: a MindSpore optimizer over ``detector.trainable_params()``.
+        group_size: data-parallel ranks (msrun): the gradients, and the returned losses, are
+            averaged over them, so that each rank steps as one device on the global batch.
     """
 
-    def __init__(self, loss_cell, optimizer):
+    def __init__(self, loss_cell, optimizer, group_size=1):
         super().__init__(auto_prefix=False)
         self.loss_cell = loss_cell
         self.optimizer = optimizer
         self.grad_fn = ms.value_and_grad(loss_cell, None, optimizer.parameters, has_aux=True)
+        self.distributed = group_size > 1
+        if self.distributed:
+            self.grad_reducer = nn.DistributedGradReducer(optimizer.parameters, mean=True,
+                                                          degree=group_size)
+            self.all_reduce = ops.AllReduce()
+            self.group_size = float(group_size)
         self.set_train(True)
 
     @ms.jit
     def construct(self, *batch):
         (total, losses, overflow), grads = self.grad_fn(*batch)
+        if self.distributed:
+            grads = self.grad_reducer(grads)
+            total = self.all_reduce(total) / self.group_size
+            averaged = ()
+            for value in losses:
+                averaged += (self.all_reduce(value) / self.group_size,)
+            losses = averaged
+            overflow = self.all_reduce(overflow.astype(ms.float32)).astype(ms.int32)
         total = ops.depend(total, self.optimizer(grads))
         return total, losses, overflow
 

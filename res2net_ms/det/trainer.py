@@ -6,7 +6,6 @@ import time
 import numpy as np
 from mindspore import Tensor, nn
 
-from .train_inputs import collate_train
 from .train_step import TrainStep, check_overflow
 
 __all__ = ["lr_schedule", "train_detector"]
@@ -36,7 +35,7 @@ def train_detector(detector, data, epochs, batch_size=2, lr=0.02 * 2 / 16, miles
     if tuple(data.class_names) != tuple(detector.class_names):
         raise ValueError(f"the data's classes {data.class_names} are not the detector's "
                          f"{detector.class_names}")
-    steps_per_epoch = len(data) // batch_size
+    steps_per_epoch = data.steps_per_epoch(batch_size)
     if steps_per_epoch == 0:
         raise ValueError(f"{len(data)} training images make no batch of {batch_size}")
     rates = lr_schedule(epochs, steps_per_epoch, lr, milestones, warmup_iters)
@@ -44,15 +43,11 @@ def train_detector(detector, data, epochs, batch_size=2, lr=0.02 * 2 / 16, miles
                        momentum=momentum, weight_decay=weight_decay)
     loss_cell = detector.loss_cell()
     step = TrainStep(loss_cell, optimizer)
-    static = detector.train_cfg["static"]
-    num_classes = detector.roi_head.bbox_head.num_classes
     history, start, done = [], time.perf_counter(), 0
     for epoch in range(epochs):
         sums = np.zeros(len(loss_cell.names))
-        for images, targets in data.batches(batch_size, epoch, seed):
-            batch = collate_train(detector.data_preprocessor, images, targets,
-                                  static["max_gts"], num_classes, detector.with_mask)
-            _, losses, overflow = step(*batch.tensors())
+        for images, targets, seeds in data.batches(batch_size, epoch, seed):
+            _, losses, overflow = step(*loss_cell.inputs(images, targets, seeds))
             check_overflow(overflow, loss_cell)
             values = np.array([float(v.asnumpy()) for v in losses])
             if not np.all(np.isfinite(values)):

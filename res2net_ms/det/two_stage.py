@@ -10,7 +10,6 @@ import numpy as np
 from mindspore import Tensor, nn
 
 from .preprocess import DetDataPreprocessor, image_size, load_image
-from .train_inputs import collate_train
 from .train_step import TwoStageLoss, check_overflow
 
 __all__ = ["Detections", "TwoStageDetector"]
@@ -140,14 +139,11 @@ class TwoStageDetector(nn.Cell):
         (``loss_rpn_cls``, ``loss_rpn_bbox``, ``loss_cls``, ``acc``, ``loss_bbox``,
         ``loss_mask``), computed by the compiled training graph in training mode."""
         cell = self.loss_cell()
-        static = self.train_cfg["static"]
-        batch = collate_train(self.data_preprocessor, list(images), list(targets),
-                              static["max_gts"], self.roi_head.bbox_head.num_classes,
-                              self.with_mask)
+        inputs = cell.inputs(images, targets)
         was_training = self.training
         cell.set_train(True)
         try:
-            _, losses, overflow = cell(*batch.tensors())
+            _, losses, overflow = cell(*inputs)
         finally:
             self.set_train(was_training)
         check_overflow(overflow, cell)

@@ -12,6 +12,7 @@ from ..data import DataError
 from ..fileio import WriteError
 from ..process import exit_process
 from ..run_state import CheckpointError, read_run_state
+from .detection import train_detector_run, validate_detector
 from .loop import TrainingDiverged
 from .trainer import train, validate
 
@@ -35,9 +36,11 @@ def parse_run_args(argv=None, base_checkpoint=None, prog=None, description=None)
     return parse_args(argv, stored_config=stored, prog=prog, description=description)
 
 
-def _run(run, argv, base_checkpoint, prog, description):
+def _run(run, run_detector, argv, base_checkpoint, prog, description):
+    """Parse, then run a classifier or (with ``detector`` set) a detector; the exit status."""
     try:
-        run(parse_run_args(argv, base_checkpoint, prog, description))
+        args = parse_run_args(argv, base_checkpoint, prog, description)
+        (run_detector if args.detector else run)(args)
         return 0
     except _USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -54,11 +57,13 @@ def _run(run, argv, base_checkpoint, prog, description):
 
 def train_main(argv=None):
     """``python train.py``: returns the exit status."""
-    return _run(train, argv, "resume", "train.py",
-                "Train a Res2Net (options from --config YAML, overridden by the command line).")
+    return _run(train, train_detector_run, argv, "resume", "train.py",
+                "Train a Res2Net or a detector (options from --config YAML, overridden by the "
+                "command line).")
 
 
 def validate_main(argv=None):
     """``python validate.py``: returns the exit status."""
-    return _run(validate, argv, "ckpt_path", "validate.py",
-                "Evaluate a checkpoint: top-1, top-5, loss, images/s.")
+    return _run(validate, validate_detector, argv, "ckpt_path", "validate.py",
+                "Evaluate a checkpoint: top-1, top-5, loss, images/s (a detector: COCO's box "
+                "and mask AP).")

@@ -9,14 +9,15 @@ __all__ = ["resolve_settings"]
 
 def resolve_settings(args, for_training=True):
     """Give every ``auto`` or null option its value: the model's input defaults, the device
-    (the one MindSpore runs on), AMP (O0 on CPU, O2 elsewhere) and, for training, where the
-    run starts (``--resume auto``, mindcv's ``ckpt_path`` + ``resume_opt``). Returns the
-    lines to log, with the mindcv settings that cannot apply here."""
+    (the one MindSpore runs on), AMP (O0 on CPU and for detectors, O2 elsewhere) and, for
+    training, where the run starts (``--resume auto``, mindcv's ``ckpt_path`` +
+    ``resume_opt``). Returns the lines to log, with the mindcv settings that cannot apply
+    here."""
     notes = _ignored_settings(args) + (_resolve_resume(args) if for_training else [])
     if args.device_target == "auto":
         args.device_target = ms.get_context("device_target")
     if args.amp_level == "auto":
-        args.amp_level = "O0" if args.device_target == "CPU" else "O2"
+        args.amp_level = "O0" if args.device_target == "CPU" or args.detector else "O2"
     resolve_model_defaults(args)
     return notes
 
