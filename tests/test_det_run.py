@@ -194,7 +194,9 @@ def test_a_coco_detector_fine_tunes_onto_other_classes(tmp_path):
                                            r"'faster_rcnn_r2_101_fpn'\?"),
     (["--ema", "True"], r"detectors train in float32 without EMA here"),
     (["--scheduler", "cosine_decay"], r"set opt: momentum and scheduler: multi_step_decay"),
-    (["--img_scale", "16", "16"], r"img_scale must be at least 32 \(each value\), got \[16, 16\]"),
+    (["--img_scale", "16", "16"], r"img_scale must be at least 32 \(each value\), got "
+                                  r"\[16, 16\]"),
+    (["--train_cfg", "{rpn: {samplr: pseudo}}"], r"unknown setting 'train_cfg.rpn.samplr'"),
 ])
 def test_detection_config_mistakes_are_one_line(extra, message, capsys):
     assert train_main(["--config", RECIPE, "--data_dir", "nowhere", *extra]) == 2
@@ -202,10 +204,18 @@ def test_detection_config_mistakes_are_one_line(extra, message, capsys):
     assert len(error) == 1 and re.match("error: .*" + message, error[0]), error
 
 
-def test_a_missing_annotation_file_stops_before_compiling(det_dir, tmp_path):
-    proc = subprocess.run(train_cmd(det_dir, tmp_path / "run", "--train_split", "train2017"),
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        f"error: annotation file not found: "
-        f"'{os.path.join(det_dir, 'annotations', 'instances_train2017.json')}'"]
+@pytest.mark.parametrize("problem", ["annotations", "checkpoint"])
+def test_a_missing_annotation_file_or_a_bad_checkpoint_is_one_line(det_dir, tmp_path, problem):
+    if problem == "annotations":
+        extra = ["--train_split", "train2017"]
+        expected = (f"annotation file not found: "
+                    f"'{os.path.join(det_dir, 'annotations', 'instances_train2017.json')}'")
+    else:
+        bad = tmp_path / "detector.pth"
+        bad.write_bytes(b"PK\x03\x04 not a checkpoint")
+        extra, expected = ["--ckpt_path", str(bad)], f"{bad}: "
+    proc = subprocess.run(train_cmd(det_dir, tmp_path / "run", *extra), capture_output=True,
+                          text=True, cwd=REPO, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith(f"error: {expected}"), lines

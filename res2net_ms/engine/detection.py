@@ -21,11 +21,12 @@ from ..config import ConfigError, config_to_yaml
 from ..data import DataError
 from ..det.coco import check_images, image_paths, read_annotations
 from ..det.evaluate import evaluate_detector
-from ..det.factory import create_detector, get_detector_config, list_detectors
+from ..det.factory import (create_detector, get_detector_config, list_detectors,
+                            train_settings)
 from ..det.train_data import CocoTrainSet
 from ..det.train_step import TrainStep, check_overflow
 from ..det.trainer import lr_schedule
-from ..run_state import RunState, check_resume, read_run_state, restore
+from ..run_state import CheckpointError, RunState, check_resume, read_run_state, restore
 from ..weights import weights_source
 from .keeper import CheckpointKeeper
 from .loop import TrainingDiverged
@@ -63,6 +64,10 @@ def check_det_settings(args):
     if args.ema or args.amp_level not in ("auto", "O0"):
         raise ConfigError("detectors train in float32 without EMA here: set amp_level: O0 and "
                           "ema: false")
+    try:
+        train_settings(get_detector_config(args.detector), args.train_cfg)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _split(args, split):
@@ -99,7 +104,8 @@ def check_det_inputs(args, group_size, for_training=True):
             plan = DetPlan(classes, val=val)
         else:
             ann, folder = _split(args, "train")
-            train = CocoTrainSet(ann, folder, with_mask=get_detector_config(args.detector).with_mask)
+            with_mask = get_detector_config(args.detector).with_mask
+            train = CocoTrainSet(ann, folder, with_mask=with_mask)
             plan = DetPlan(train.class_names, train=train)
             if args.val_while_train:
                 plan.val, _ = _read_val(args, train.class_names)
@@ -136,15 +142,19 @@ def build_detector(args, plan, max_gts=None):
     ours = bool(plan.weights) and read_run_state(plan.weights) is not None
     path = None if ours else plan.weights
     backbone = None
-    if training and args.pretrained and not plan.weights:
+    if training and args.pretrained and not plan.weights and not plan.resumed:
         backbone = weights_source("", True, get_detector_config(args.detector).backbone)
-    detector = create_detector(
-        args.detector, checkpoint_path=path,
-        pretrained=args.pretrained and not training and not plan.weights,
-        num_classes=len(plan.classes), class_names=plan.classes,
-        backbone_kwargs=args.model_kwargs or None, scale=tuple(args.img_scale),
-        test_cfg=args.test_cfg, train_cfg=train_cfg, roi_sampling_ratio=args.roi_sampling_ratio,
-        new_classes=training, backbone_checkpoint=backbone)
+    try:
+        detector = create_detector(
+            args.detector, checkpoint_path=path,
+            pretrained=args.pretrained and not training and not plan.weights,
+            num_classes=len(plan.classes), class_names=plan.classes,
+            backbone_kwargs=args.model_kwargs or None, scale=tuple(args.img_scale),
+            test_cfg=args.test_cfg, train_cfg=train_cfg,
+            roi_sampling_ratio=args.roi_sampling_ratio, new_classes=training,
+            backbone_checkpoint=backbone)
+    except ValueError as exc:  # a file that does not fit, or settings the parts refuse
+        raise CheckpointError(" ".join(str(exc).split())) from None
     if ours:  # a training checkpoint of this project: its weights under their own names
         restore(plan.weights, detector.get_parameters(), len(plan.classes))
     return detector
