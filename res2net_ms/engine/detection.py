@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from mindspore import Tensor, nn
 
+from ..compile_cache import compile_cell
 from ..config import ConfigError, config_to_yaml
 from ..data import DataError
 from ..det.coco import check_images, image_paths, read_annotations
@@ -243,7 +244,7 @@ def train_detector_run(args):
 
 def run_det_epoch(args, step, cell, data, state, rates, keeper, params, rank, group_size):
     """The rest of epoch ``state.epoch + 1`` from ``state.step_in_epoch`` on: one compiled
-    step per batch, a log line every ``log_interval`` steps, a step checkpoint every
+    step per batch (through the compile cache), a log line every ``log_interval`` steps, a step checkpoint every
     ``ckpt_save_steps``; moves ``state`` past the epoch and returns the mean of each loss
     term over the steps run here."""
     steps = data.steps_per_epoch(args.batch_size, group_size)
@@ -251,7 +252,10 @@ def run_det_epoch(args, step, cell, data, state, rates, keeper, params, rank, gr
     batches = data.batches(args.batch_size, state.epoch, args.seed, args.hflip,
                            state.step_in_epoch, rank, group_size)
     for index, (images, targets, seeds) in enumerate(batches, start=state.step_in_epoch + 1):
-        total, losses, overflow = step(*cell.inputs(images, targets, seeds))
+        inputs = cell.inputs(images, targets, seeds)
+        if index == state.step_in_epoch + 1:  # a restart loads the graph an earlier run made
+            compile_cell(step, *inputs, what="detector training step")
+        total, losses, overflow = step(*inputs)
         check_overflow(overflow, cell)
         values = np.array([float(v.asnumpy()) for v in losses])
         total = float(total.asnumpy())
