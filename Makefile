@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo demo-det test test-fast bench bench-compile bench-e2e bench-restarts clean
+.PHONY: demo demo-det test test-fast bench bench-compile bench-e2e bench-restarts \
+	bench-det-train clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +61,11 @@ bench-e2e: $(VENV)/.test
 # A resume after a kill and a second validate.py, with and without the compile cache.
 bench-restarts: $(VENV)/.test
 	$(PY) benchmarks/restarts.py
+
+# Seconds per training iteration of Faster and Mask R-CNN (batch 2 at 800x1333), ours against
+# mmdetection: benchmarks/det_train_bench.json.
+bench-det-train: $(VENV)/.test
+	$(PY) benchmarks/det_train_bench.py
 
 clean:
 	rm -rf $(VENV) data/digits ckpt/demo_digits data/digits_det ckpt/demo_det

@@ -33,7 +33,6 @@ import ctypes
 import json
 import os
 import re
-import resource
 import statistics
 import sys
 import tempfile
@@ -65,14 +64,10 @@ def _inputs(batch, size, num_classes, seed=0):
             rng.integers(0, num_classes, batch).astype(np.int32))
 
 
-def _peak_rss():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def _measure(train_call, infer_call, opts):
     """The common protocol: first step, warm-up, timed steps, peak RSS, then inference."""
     first, _, *train = timed(train_call, 2 + opts.steps)
-    rss = _peak_rss()
+    rss = machine.peak_rss()
     infer_first, _, *infer = timed(infer_call, 2 + opts.infer_steps)
     return {"first": first, "train": train, "rss": rss, "infer_first": infer_first,
             "infer": infer}

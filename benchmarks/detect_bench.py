@@ -20,6 +20,7 @@ score within 1e-3): the full-size check of the parity the tests prove at small s
 Needs the test extra and ``tests/requirements-mmdet.txt``.
 """
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -80,24 +81,45 @@ def measure(predict, images, opts):
     return out
 
 
-def worker_mmdet(opts):
+@functools.lru_cache(maxsize=None)
+def reference():
+    """``tests/mmdet_reference`` with mmdetection imported (PyTorch given every core)."""
     sys.path.insert(0, os.path.join(REPO, "tests"))
-    import torch
     import mmdet_reference
-
-    from res2net_ms.det import coco_classes, get_detector_config
 
     if mmdet_reference.import_mmdet() is None:
         raise SystemExit("mmdetection is not installed: pip install --no-deps -r "
                          "tests/requirements-mmdet.txt")
-    images = photos()
-    name = get_detector_config(opts.detector).mmdet_config
-    cfg = mmdet_reference.detector_config(name)
+    return mmdet_reference
+
+
+def randomised_reference(cfg, detector, image, weights):
+    """mmdetection's detector of ``cfg`` with random weights that make every head work
+    (measured on a small copy of ``image``), saved as the checkpoint ``weights`` that our
+    worker reads."""
+    import torch
+
+    from res2net_ms.det import coco_classes, get_detector_config
+
+    mmdet_reference = reference()
     model = mmdet_reference.build_detector(cfg)
-    small = mmdet_reference.detector_config(name, scale=(320, 192))
-    mmdet_reference.randomise(model, mmdet_reference.pipeline_inputs(small, images[0]))
+    small = mmdet_reference.detector_config(get_detector_config(detector).mmdet_config,
+                                            scale=(320, 192))
+    mmdet_reference.randomise(model, mmdet_reference.pipeline_inputs(small, image))
     torch.save({"meta": {"dataset_meta": {"classes": coco_classes()}},
-                "state_dict": model.state_dict()}, opts.weights)
+                "state_dict": model.state_dict()}, weights)
+    return model
+
+
+def worker_mmdet(opts):
+    import torch
+
+    from res2net_ms.det import get_detector_config
+
+    mmdet_reference = reference()
+    images = photos()
+    cfg = mmdet_reference.detector_config(get_detector_config(opts.detector).mmdet_config)
+    model = randomised_reference(cfg, opts.detector, images[0], opts.weights)
 
     def predict(batch):
         inputs = [mmdet_reference.pipeline_inputs(cfg, image) for image in batch]
@@ -130,11 +152,62 @@ def worker_ours(opts):
 
 
 # --------------------------------------------------------------------------- driver
-def run_worker(kind, detector, weights, opts):
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--detector", detector,
-           "--weights", weights, "--runs", str(opts.runs), "--batch-sizes",
-           *map(str, opts.batch_sizes)]
-    return machine.result_of(*machine.run(cmd, opts.timeout))
+def parser(doc, detectors, out):
+    """The options of a detection benchmark (``--detectors`` from ``detectors``, the JSON
+    report ``out``), with the hidden ones of its workers."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--detectors", nargs="+", default=detectors, choices=detectors)
+    p.add_argument("--timeout", type=int, default=3600, help="seconds per worker")
+    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", out))
+    p.add_argument("--worker", choices=("mmdet", "ours"), help=argparse.SUPPRESS)
+    p.add_argument("--detector", help=argparse.SUPPRESS)
+    p.add_argument("--weights", help=argparse.SUPPRESS)
+    return p
+
+
+def start_report():
+    """The report's machine and date, the machine printed; and the load average now."""
+    report = dict(machine=machine.machine(), date=time.strftime("%Y-%m-%d %H:%M"),
+                  detectors={})
+    load_at_start = report["machine"]["load_average"][0]
+    print(f"{report['machine']['cpu']}, {report['machine']['cores']} cores; load average "
+          f"{load_at_start:.2f}")
+    return report, load_at_start
+
+
+def compare(script, options, opts, report):
+    """Per detector of ``opts``, the mmdetection worker of ``script`` (which saves the
+    weights) then ours on those weights, each in a process of its own with the worker options
+    ``options``: yields ``(detector, mmdet, ours)``, their results, also kept in ``report``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for detector in opts.detectors:
+            cmd = [sys.executable, script, "--detector", detector, "--weights",
+                   os.path.join(tmp, f"{detector}.pth"), *options, "--worker"]
+            mmdet = machine.result_of(*machine.run(cmd + ["mmdet"], opts.timeout))
+            ours = machine.result_of(*machine.run(cmd + ["ours"], opts.timeout)) \
+                if "error" not in mmdet else dict(error="skipped: no weights")
+            report["detectors"][detector] = dict(mmdet=mmdet, ours=ours)
+            yield detector, mmdet, ours
+
+
+def finish(report, load_at_start, lines, out):
+    """Print the table ``lines``, with why the machine was not quiet (if it was not), and
+    write the report."""
+    why = machine.busy(load_at_start, [w["machine"] for d in report["detectors"].values()
+                                       for w in d.values() if "machine" in w])
+    report["not_quiet"] = why
+    lines = lines + ["" if why is None else f"\n(busy) the machine was not quiet: {why}"]
+    print("\n".join([""] + lines))
+    machine.write_json(out, report)
+
+
+def exit_with(code):
+    """Exit; a MindSpore worker without MindSpore's exit noise."""
+    if "--worker" in sys.argv and "mindspore" in sys.modules:
+        from res2net_ms.process import exit_process
+
+        exit_process(code)
+    sys.exit(code)
 
 
 def row(detector, mmdet, ours, size, load_at_start):
@@ -151,49 +224,25 @@ def row(detector, mmdet, ours, size, load_at_start):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--detectors", nargs="+", default=DETECTORS, choices=DETECTORS)
+    p = parser(__doc__, DETECTORS, "detect_bench.json")
     p.add_argument("--runs", type=int, default=2, help="timed calls per batch size")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=(1, 4))
-    p.add_argument("--timeout", type=int, default=3600, help="seconds per worker")
-    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "detect_bench.json"))
-    p.add_argument("--worker", choices=("mmdet", "ours"), help=argparse.SUPPRESS)
-    p.add_argument("--detector", help=argparse.SUPPRESS)
-    p.add_argument("--weights", help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     if opts.worker:
         machine.report((worker_mmdet if opts.worker == "mmdet" else worker_ours)(opts))
         return 0
-    report = dict(machine=machine.machine(), date=time.strftime("%Y-%m-%d %H:%M"),
-                  detectors={})
-    load_at_start = report["machine"]["load_average"][0]
-    print(f"{report['machine']['cpu']}, {report['machine']['cores']} cores; load average "
-          f"{load_at_start:.2f}")
+    report, load_at_start = start_report()
     lines = ["| detector | batch | mmdetection s/image | ours s/image | ours / mmdetection | "
              "ours first call (s) | same boxes |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    with tempfile.TemporaryDirectory() as tmp:
-        for detector in opts.detectors:
-            weights = os.path.join(tmp, f"{detector}.pth")
-            mmdet = run_worker("mmdet", detector, weights, opts)
-            ours = run_worker("ours", detector, weights, opts) if "error" not in mmdet else \
-                dict(error="skipped: no weights")
-            report["detectors"][detector] = dict(mmdet=mmdet, ours=ours)
-            for size in map(str, opts.batch_sizes):
-                lines.append(row(detector, mmdet, ours, size, load_at_start))
-                print(lines[-1], flush=True)
-    why = machine.busy(load_at_start, [w["machine"] for d in report["detectors"].values()
-                                       for w in d.values() if "machine" in w])
-    lines.append("" if why is None else f"\n(busy) the machine was not quiet: {why}")
-    print("\n".join([""] + lines))
-    machine.write_json(opts.out, report)
+    options = ["--runs", str(opts.runs), "--batch-sizes", *map(str, opts.batch_sizes)]
+    for detector, mmdet, ours in compare(os.path.abspath(__file__), options, opts, report):
+        for size in map(str, opts.batch_sizes):
+            lines.append(row(detector, mmdet, ours, size, load_at_start))
+            print(lines[-1], flush=True)
+    finish(report, load_at_start, lines, opts.out)
     return 0
 
 
 if __name__ == "__main__":
-    code = main()
-    if "--worker" in sys.argv:
-        from res2net_ms.process import exit_process  # MindSpore's exit noise, ours only
-
-        exit_process(code)
-    sys.exit(code)
+    exit_with(main())

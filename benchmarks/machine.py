@@ -14,7 +14,8 @@
   went from 2.2 s to 17 s once here), so a ratio to PyTorch measured on a busy machine flatters
   us: :func:`busy` says why the machine was not quiet, and the tables then give no such ratio.
 * What every driver shares: the peers' names of our networks, the timing loop
-  (:func:`timed`), the package versions and the JSON report (:func:`write_json`).
+  (:func:`timed`), the peak memory (:func:`peak_rss`), the package versions and the JSON
+  report (:func:`write_json`).
 
 ``python benchmarks/machine.py`` prints the machine, both MatMul rates and whether it is quiet.
 """
@@ -136,6 +137,11 @@ def timed(fn, calls):
         fn()
         times.append(time.perf_counter() - start)
     return times
+
+
+def peak_rss():
+    """This process's peak resident memory so far, in bytes."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def versions():

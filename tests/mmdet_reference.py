@@ -6,8 +6,9 @@ and mmdet's Faster R-CNN calls two of them: ``nms`` and ``roi_align_forward`` (t
 ``roi_align_backward``). The stand-in below routes those to torchvision (exact for
 ``offset=0``, average mode; the backward is torchvision's own RoIAlign gradient kernel, the
 detectron2 code that mmcv's is too) and makes every other name exist but refuse to run. Used
-by ``tests/test_det_parity.py``, ``tests/test_det_train_parity.py`` and
-``benchmarks/detect_bench.py``; needs the test extra and ``requirements-mmdet.txt``.
+by ``tests/test_det_parity.py``, ``tests/test_det_train_parity.py`` and the detection
+benchmarks (``benchmarks/detect_bench.py``, ``det_train_bench.py``); needs the test extra and
+``requirements-mmdet.txt``.
 """
 import os
 import sys
@@ -277,10 +278,10 @@ def _paste_mask_float64(masks, boxes, img_h, img_w, skip_empty=True):
 def train_config(name, layers=None, scale=(1333, 800), sampler="PseudoSampler",
                  sampling_ratio=2, rpn_proposal=None):
     """``detector_config`` for training: both samplers of type ``sampler`` (``PseudoSampler``:
-    deterministic), RoIAlign with a fixed ``sampling_ratio``, and changes to
-    ``train_cfg.rpn_proposal``."""
+    deterministic; None: the config's own), RoIAlign with a fixed ``sampling_ratio``, and
+    changes to ``train_cfg.rpn_proposal``."""
     cfg = detector_config(name, layers, scale)
-    for stage in ("rpn", "rcnn"):
+    for stage in ("rpn", "rcnn") if sampler else ():
         cfg.model.train_cfg[stage].sampler = dict(type=sampler)
     roi_head = cfg.model.roi_head
     for extractor in ("bbox_roi_extractor", "mask_roi_extractor"):

@@ -2,9 +2,11 @@
 process that imported MindSpore would hold it to one thread), and no ratio to PyTorch comes
 from a busy machine."""
 import json
+import math
 import os
 import subprocess
 import sys
+from importlib.util import find_spec
 
 import pytest
 
@@ -115,7 +117,8 @@ def test_a_driver_that_imported_a_framework_starts_no_worker():
 
 
 def test_the_drivers_import_neither_framework():
-    code = ("sys.path.insert(0, 'benchmarks'); import bench, end_to_end, restarts, detect_bench; "
+    code = ("sys.path.insert(0, 'benchmarks'); import bench, end_to_end, restarts, detect_bench, "
+            "det_train_bench; "
             "bench.available(bench.parser().parse_args([]))")
     assert modules_loaded_by(code, ("mindspore", "torch", "res2net_ms", "mindcv", "timm")) == []
 
@@ -166,3 +169,29 @@ def test_end_to_end_runs_all_three_and_says_what_it_measured(tmp_path):
     assert report["matmul"]["start"]["mindspore"] and report["matmul"]["start"]["torch"]
     assert "| ours / mindcv (img/s) |" in run.stdout
     assert ("| ours / PyTorch (img/s) |" in run.stdout) == report["quiet"]
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.mmdet
+@pytest.mark.skipif(find_spec("mmdet") is None, reason="mmdetection is not installed")
+def test_the_detector_training_benchmark_times_both_on_finite_losses(tmp_path):
+    """``det_train_bench.py`` tiny (Faster R-CNN, one block per stage, 192x320, one timed
+    iteration): both implementations train, each iteration timed, every loss finite."""
+    out = tmp_path / "det_train_bench.json"
+    run = subprocess.run([sys.executable, os.path.join(BENCH, "det_train_bench.py"),
+                          "--detectors", "faster_rcnn_r2_101_fpn", "--scale", "192", "320",
+                          "--layers", "1", "1", "1", "1", "--iters", "1", "--max-gts", "8",
+                          "--out", str(out)],
+                         capture_output=True, text=True, cwd=REPO, env=shell_environment(),
+                         timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads(out.read_text())["detectors"]["faster_rcnn_r2_101_fpn"]
+    for impl in ("mmdet", "ours"):
+        assert "error" not in result[impl], result[impl]["error"]
+        assert len(result[impl]["per_iter"]) == 1 and result[impl]["per_iter"][0] > 0
+        assert len(result[impl]["losses"]) == 2
+        assert all(math.isfinite(v) for losses in result[impl]["losses"]
+                   for v in losses.values()), result[impl]["losses"]
+    assert set(result["ours"]["losses"][0]) == set(result["mmdet"]["losses"][0])
+    assert "| faster_rcnn_r2_101_fpn | " in run.stdout
