@@ -332,7 +332,7 @@ def ratios(summary, not_quiet):
     out = {}
     for peer in ("torch", "mindcv"):
         theirs = summary.get(peer, {})
-        if "error" in ours or "error" in theirs or not theirs:
+        if not ours or not theirs or "error" in ours or "error" in theirs:
             continue
         if peer == "torch" and not_quiet:
             out[peer] = {"withheld": not_quiet}

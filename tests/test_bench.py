@@ -61,7 +61,8 @@ def torch_runs(tmp_path_factory):
     shell = shell_environment()
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     alone, in_bench, busy = [], [], []
-    quiet = machine.busy(os.getloadavg()[0], []) is None
+    load_at_start = os.getloadavg()[0]  # later starts count this fixture's own workers
+    quiet = machine.busy(load_at_start, []) is None
     options = SMALL if quiet else ONE_STEP
     for _ in range(3 if quiet else 1):
         alone.append(_torch_worker(shell, options))
@@ -72,7 +73,8 @@ def torch_runs(tmp_path_factory):
         assert run.returncode == 0, run.stderr[-3000:]
         report = json.loads(out.read_text())
         in_bench += report["rounds"]["torch"]
-        busy.append(report["not_quiet"])
+        busy.append(machine.busy(load_at_start,
+                                 [r["machine"] for r in report["rounds"]["torch"]]))
     control = _torch_worker(None, ONE_STEP, via_mindspore_parent=True)
     return {"alone": alone, "in_bench": in_bench, "control": control, "busy": busy,
             "recipe": report["recipe"]["recipe"]}
@@ -140,6 +142,7 @@ def test_no_ratio_to_pytorch_from_a_busy_machine():
     assert "could not be measured" in machine.busy(0.2, [{"others_share": None}])
     quiet_table = bench.table(summary, bench.ratios(summary, None), opts, None)
     assert "| ours / PyTorch | 1.00×" in quiet_table
+    assert bench.ratios({"torch": summary["torch"]}, None) == {}  # a run of PyTorch alone
 
 
 @pytest.mark.slow
