@@ -1,7 +1,7 @@
 """Seconds per training iteration of Faster and Mask R-CNN, ours against mmdetection 3.3.0.
 
 R2-101-FPN, batch 2 at 800x1333: ``python benchmarks/det_train_bench.py [--detectors
-faster_rcnn_r2_101_fpn ...] [--iters 3] [--scale 800 1333] [--layers 1 1 1 1] [--max-gts 100]
+faster_rcnn_r2_101_fpn ...] [--iters 3] [--scale 800 1333] [--layers 1 1 1 1] [--max-gts 4]
 [--out benchmarks/det_train_bench.json]``
 
 Built as ``detect_bench.py`` (whose driver and reference set-up it uses): this driver imports
@@ -14,8 +14,9 @@ and collate, losses, gradients and an SGD update (lr 0.0025, momentum 0.9, weigh
 in training mode with mmdetection's default ``train_cfg`` (random samplers, a new draw each
 iteration), frozen stem and stage 1, and RoIAlign sampling ratio 2 on both sides (our training
 graph takes a fixed count). mmdetection: its own ``loss()``, ``backward()`` and
-``torch.optim.SGD``; ours: ``TrainStep``, ``--max-gts`` ground-truth slots per image (our
-default, what a COCO run pads to). The first iteration (ours: graph compilation) is timed on
+``torch.optim.SGD``; ours: ``TrainStep``, ``--max-gts`` ground-truth slots per image (default
+the four boxes each photo holds, as ``train.py`` pads to the most boxes an image of its set
+holds; a COCO run pads to about 100, which costs memory in the anchor IoUs). The first iteration (ours: graph compilation) is timed on
 its own, then ``--iters`` more. Printed: medians of seconds per iteration, their ratio (marked
 busy as detect_bench's), both first iterations and both peak RSS; the losses of every
 iteration are in the JSON. Needs the test extra and ``tests/requirements-mmdet.txt``.
@@ -142,7 +143,8 @@ def main(argv=None):
     p.add_argument("--scale", type=int, nargs=2, default=(800, 1333), metavar=("H", "W"),
                    help="the keep-ratio resize target")
     p.add_argument("--layers", type=int, nargs=4, help="blocks per stage of a reduced backbone")
-    p.add_argument("--max-gts", type=int, default=100, help="our ground-truth slots per image")
+    p.add_argument("--max-gts", type=int, default=len(BOXES),
+                   help="our ground-truth slots per image")
     opts = p.parse_args(argv)
     if opts.worker:
         machine.report((worker_mmdet if opts.worker == "mmdet" else worker_ours)(opts))
