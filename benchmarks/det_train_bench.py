@@ -16,10 +16,11 @@ iteration), frozen stem and stage 1, and RoIAlign sampling ratio 2 on both sides
 graph takes a fixed count). mmdetection: its own ``loss()``, ``backward()`` and
 ``torch.optim.SGD``; ours: ``TrainStep``, ``--max-gts`` ground-truth slots per image (default
 the four boxes each photo holds, as ``train.py`` pads to the most boxes an image of its set
-holds; a COCO run pads to about 100, which costs memory in the anchor IoUs). The first iteration (ours: graph compilation) is timed on
-its own, then ``--iters`` more. Printed: medians of seconds per iteration, their ratio (marked
-busy as detect_bench's), both first iterations and both peak RSS; the losses of every
-iteration are in the JSON. Needs the test extra and ``tests/requirements-mmdet.txt``.
+holds; a COCO run pads to about 100, which costs memory in the anchor IoUs). The first
+iteration (ours: graph compilation) is timed on its own, then ``--iters`` more. Printed:
+medians of seconds per iteration, their ratio (marked busy as detect_bench's), both first
+iterations and both peak RSS; the losses of every iteration are in the JSON. Needs the test
+extra and ``tests/requirements-mmdet.txt``.
 """
 import itertools
 import os
