@@ -45,7 +45,7 @@ def build_parser():
                    help="a training checkpoint of the classification demo (made when missing)")
     p.add_argument("--detector", default="faster_rcnn_r2_101_fpn",
                    help="the published detector whose parts and settings are used")
-    p.add_argument("--train_images", type=int, default=600)
+    p.add_argument("--train_images", type=int, default=480)
     p.add_argument("--val_images", type=int, default=150)
     p.add_argument("--scale", type=int, default=128, help="images are resized to fit this")
     p.add_argument("--epochs", type=int, default=3)
