@@ -117,7 +117,7 @@ def worker_ours(opts):
 
     def iteration():
         first = next(draws)
-        total, losses, overflow = step(*cell.inputs(images, targets,
+        total, losses, overflow, _ = step(*cell.inputs(images, targets,
                                                     range(first, first + len(images))))
         check_overflow(overflow, cell)
         return dict(zip(cell.names, (float(x.asnumpy()) for x in losses)),

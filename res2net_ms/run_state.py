@@ -116,24 +116,30 @@ def check_resume(path, model):
     return state
 
 
-def restore(path, params, num_classes=None):
+def restore(path, params, num_classes=None, ema=False):
     """Load the run's state entries of the training checkpoint ``path`` into ``params``:
-    every one must be there with its shape (:func:`check_resume` checked the rest)."""
+    every one must be there with its shape (:func:`check_resume` checked the rest). With
+    ``ema`` each parameter takes its moving average (``ema.<name>``) instead."""
     try:
         values = load_ckpt(path)
     except CheckpointReadError as exc:
         raise CheckpointError(f"cannot read checkpoint: {exc}") from None
-    missing = [p.name for p in params if p.name not in values]
+    prefix = "ema." if ema else ""
+    if ema and not any(name.startswith(prefix) for name in values):
+        raise CheckpointError(f"'{path}' has no EMA weights (ema.*): it was trained without "
+                              f"ema; evaluate it with ema: false")
+    missing = [p.name for p in params if prefix + p.name not in values]
     if missing:
         raise CheckpointError(f"'{path}' lacks {len(missing)} of the run's state entries (e.g. "
-                              f"{', '.join(missing[:3])}): was it saved with another model, "
-                              f"optimizer or EMA setting?")
-    wrong = [p for p in params if tuple(values[p.name].shape) != tuple(p.shape)]
+                              f"{', '.join(prefix + n for n in missing[:3])}): was it saved with "
+                              f"another model, optimizer or EMA setting?")
+    wrong = [p for p in params if tuple(values[prefix + p.name].shape) != tuple(p.shape)]
     if wrong:
         p = wrong[0]
         hint = f" (trained with another num_classes than {num_classes}?)" if num_classes else ""
-        raise CheckpointError(f"'{path}': {p.name} has shape {tuple(values[p.name].shape)}, the "
-                              f"run needs {tuple(p.shape)}{hint}")
+        raise CheckpointError(f"'{path}': {p.name} has shape "
+                              f"{tuple(values[prefix + p.name].shape)}, the run needs "
+                              f"{tuple(p.shape)}{hint}")
     for p in params:
-        data = np.asarray(values[p.name].asnumpy())
+        data = np.asarray(values[prefix + p.name].asnumpy())
         p.set_data(Tensor(data.reshape(p.shape), dtype=p.dtype))

@@ -189,7 +189,7 @@ def run(request, tmp_path_factory):
     optimizer = RecordingSGD(ours.trainable_params(), learning_rate=LEARNING_RATE)
     step = TrainStep(ours.loss_cell(), optimizer)
     inputs = ours.loss_cell().inputs(images, targets)
-    total, losses, overflow = step(*inputs)
+    total, losses, overflow, _ = step(*inputs)
     assert int(overflow) == 0, "positives without a mask slot: raise mask_rois"
     recorded = {p.name[len("recorded."):]: p.asnumpy() for p in optimizer.grads}
     return dict(name=name, ref_losses=ref_losses, ref_grads=ref_grads, parts=parts,
@@ -244,7 +244,7 @@ def test_the_step_trains(run):
         pytest.skip("trained on Faster R-CNN only: the mask head's gradient is slow on a CPU")
     totals = [run["total"]]
     for _ in range(2):
-        total, _, _ = run["step"](*run["inputs"])
+        total, _, _, _ = run["step"](*run["inputs"])
         totals.append(float(total.asnumpy()))
     print(f"{run['name']} total loss over 3 steps: {totals}")
     assert np.all(np.diff(totals) < 0) and totals[-1] < 0.8 * totals[0]
@@ -478,3 +478,33 @@ def test_rcnn_sampling_puts_the_ground_truth_first_among_the_proposals():
         assert slot_used[image].all() and slot_pos[image].sum() == num_pos[image]
         assert slot_pos[image, :num_pos[image]].all()
         assert set(slots[image, slot_pos[image]]) == set(np.nonzero(pos[image])[0])
+
+
+def test_ema_is_mmdetections_exp_momentum_ema():
+    """``ema: true`` with ``ema_decay: 0.9998`` averages as mmdetection's ``ExpMomentumEMA``
+    (momentum 0.0002, gamma 2000) over a series of weights, from the second update on: its
+    first update copies the weights where ours keeps 0.05 % of the initial ones, a difference
+    the next updates scale by their own small decays (to about 1e-9 after three)."""
+    from mmdet.models.layers import ExpMomentumEMA
+
+    from res2net_ms.engine.train_step import EMA
+
+    ours_net, theirs_net = nn.Dense(4, 3), torch.nn.Linear(4, 3)
+    ema = EMA(ours_net, decay=0.9998)
+    theirs = ExpMomentumEMA(theirs_net, momentum=0.0002, gamma=2000)
+    rng = np.random.RandomState(0)
+    for _ in range(20):
+        weight, bias = rng.randn(3, 4).astype(np.float32), rng.randn(3).astype(np.float32)
+        ours_net.weight.set_data(ms.Tensor(weight))
+        ours_net.bias.set_data(ms.Tensor(bias))
+        with torch.no_grad():
+            theirs_net.weight.copy_(torch.from_numpy(weight))
+            theirs_net.bias.copy_(torch.from_numpy(bias))
+        ema()
+        theirs.update_parameters(theirs_net)
+    averaged = {p.name[len("ema."):]: p.asnumpy() for p in ema.ema_weights}
+    assert not np.allclose(averaged["weight"], weight, atol=1e-3)  # a real average
+    np.testing.assert_allclose(averaged["weight"], theirs.module.weight.detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(averaged["bias"], theirs.module.bias.detach().numpy(),
+                               rtol=1e-5, atol=1e-6)

@@ -68,6 +68,7 @@ def test_no_import_cycle_between_parts():
 def test_layers_point_down():
     graph = _imports_by_part()
     assert graph.get("fileio", set()) == set(), "fileio must import nothing else of ours"
+    assert graph.get("loss_scale", set()) == set(), "loss_scale must import nothing of ours"
     assert graph.get("models", set()) <= {"fileio"}, \
         "models/ may import fileio (the cache folder) and nothing else of ours"
     assert graph["convert"] <= {"models", "ckpt", "fileio", "process"}
@@ -81,9 +82,10 @@ def test_layers_point_down():
 
 # The parts of det/ that build, train, evaluate or run a detector from files: they may import
 # the converter, the hub, the weights and the inference tools. The network parts below them
-# (heads, ops, losses, the registry, COCO I/O) stand on the models and the data alone.
+# (heads, ops, losses, the registry, COCO I/O) stand on the models and the data alone, and
+# the training step on the loss scale it shares with classification's.
 DET_ENTRY_POINTS = {"factory", "cli", "evaluate", "__main__", "demo", "trainer"}
-DET_NETWORK_MAY_IMPORT = {"models", "data", "fileio", "process", "lazy"}
+DET_NETWORK_MAY_IMPORT = {"models", "data", "fileio", "process", "lazy", "loss_scale"}
 
 
 def test_det_network_parts_point_down():

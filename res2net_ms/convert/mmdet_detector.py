@@ -51,9 +51,14 @@ def _meta(raw):
 
 
 def _to_ours(state, dropped):
-    """mmdetection names -> ours (our own names pass through)."""
+    """mmdetection names -> ours (our own names pass through; a training checkpoint with
+    EMA gives its averaged weights, as classification checkpoints do and as mmengine's
+    ``EMAHook`` saves them)."""
     if detect_layout(state) == "res2net_ms":
         ours = {}
+        if any(key.startswith("ema.") for key in state):
+            state = {**state, **{k[len("ema."):]: v for k, v in state.items()
+                                 if k.startswith("ema.")}}
         for key, value in state.items():
             if key.startswith(("backbone.", "neck.", "rpn_head.", "roi_head.")):
                 ours[key] = value

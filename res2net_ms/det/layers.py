@@ -1,10 +1,12 @@
 """Small pieces the heads share: mmcv's ``ConvModule`` (conv + ReLU, parameters under
 ``.conv`` as in mmdetection's checkpoints) and a runner that feeds a compiled head a fixed
-number of RoIs at a time, so that it compiles once whatever the count."""
+number of RoIs at a time, so that it compiles once whatever the count; the pyramid cast to
+float32 for the heads."""
+import mindspore as ms
 import numpy as np
-from mindspore import Tensor, nn
+from mindspore import Tensor, nn, ops
 
-__all__ = ["ConvModule", "run_in_chunks", "softmax"]
+__all__ = ["ConvModule", "float32", "run_in_chunks", "softmax"]
 
 
 class ConvModule(nn.Cell):
@@ -45,3 +47,12 @@ def softmax(logits):
     """Softmax over the last axis in float32, as PyTorch computes it (max subtracted)."""
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def float32(feats):
+    """The pyramid in float32: under mixed precision a float16 backbone and FPN feed heads,
+    targets and losses that stay in float32."""
+    out = ()
+    for feat in feats:
+        out += (ops.cast(feat, ms.float32),)
+    return out

@@ -14,7 +14,9 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
+from ..loss_scale import LossScale
 from .anchors import device_grid_anchors
+from .layers import float32
 from .proposals import RPNProposals
 from .roi_loss import StandardRoIHeadLoss
 from .rpn_loss import RPNLoss
@@ -91,7 +93,7 @@ class TwoStageLoss(nn.Cell):
         """The pyramid, and per level the RPN's flat logits (N, T_l), deltas (N, T_l, 4),
         anchors (T_l, 4) and valid flags (N, T_l): anchors within each image's padded area
         (mmdetection's ``valid_flags`` of its ``pad_shape``)."""
-        feats = self.neck(self.backbone(images))
+        feats = float32(self.neck(self.backbone(images)))
         logits, deltas = self.rpn_head.forward_logits(feats)
         divisor = self.pad_size_divisor
         pad_shapes = ops.ceil(img_shapes / divisor) * divisor
@@ -129,23 +131,49 @@ class TwoStageLoss(nn.Cell):
         return total, losses, overflow
 
 
+class _ScaledLoss(nn.Cell):
+    """The loss cell's outputs after its total times the loss scale, the value differentiated
+    (gradients flow from the first output only)."""
+
+    def __init__(self, loss_cell):
+        super().__init__(auto_prefix=False)
+        self.loss_cell = loss_cell
+
+    def construct(self, scale, *batch):
+        total, losses, overflow = self.loss_cell(*batch)
+        return total * scale, total, losses, overflow
+
+
 class TrainStep(nn.Cell):
     """One optimisation step in one graph: the losses, their gradients with respect to the
     optimizer's parameters (the trainable ones: not the frozen stem and stage 1) and the
-    update, in training mode. Returns what :class:`TwoStageLoss` returns.
+    update, in training mode. Returns what :class:`TwoStageLoss` returns, and whether the
+    update was applied (False: skipped for gradients that were not finite).
 
     Args:
         loss_cell: the detector's :meth:`~.two_stage.TwoStageDetector.loss_cell`.
         optimizer: a MindSpore optimizer over ``detector.trainable_params()``.
         group_size: data-parallel ranks (msrun): the gradients, and the returned losses, are
             averaged over them, so that each rank steps as one device on the global batch.
+        ema: a cell updating the moving average of the weights after each update
+            (the engine's ``EMA``), or None.
+        loss_scale: a :class:`~res2net_ms.loss_scale.LossScale` (mixed precision), or None
+            (a fixed scale of 1).
+        skip_overflow: skip updates whose gradients are not finite (always with a dynamic
+            scale).
     """
 
-    def __init__(self, loss_cell, optimizer, group_size=1):
+    def __init__(self, loss_cell, optimizer, group_size=1, ema=None, loss_scale=None,
+                 skip_overflow=False):
         super().__init__(auto_prefix=False)
         self.loss_cell = loss_cell
         self.optimizer = optimizer
-        self.grad_fn = ms.value_and_grad(loss_cell, None, optimizer.parameters, has_aux=True)
+        self.loss_scale = loss_scale or LossScale()
+        self.skip_overflow = skip_overflow or self.loss_scale.dynamic
+        self.grad_fn = ms.value_and_grad(_ScaledLoss(loss_cell), None, optimizer.parameters,
+                                         has_aux=True)
+        self.ema = ema
+        self.use_ema = ema is not None
         self.distributed = group_size > 1
         if self.distributed:
             self.grad_reducer = nn.DistributedGradReducer(optimizer.parameters, mean=True,
@@ -154,19 +182,39 @@ class TrainStep(nn.Cell):
             self.group_size = float(group_size)
         self.set_train(True)
 
+    def step_state(self):
+        """The step's own state (the loss scale), for the training checkpoint."""
+        return list(self.loss_scale.get_parameters())
+
+    def _average(self, total, losses, overflow):
+        """The losses averaged, and the overflow summed, over the ranks."""
+        total = self.all_reduce(total) / self.group_size
+        averaged = ()
+        for value in losses:
+            averaged += (self.all_reduce(value) / self.group_size,)
+        overflow = self.all_reduce(overflow.astype(ms.float32)).astype(ms.int32)
+        return total, averaged, overflow
+
     @ms.jit
     def construct(self, *batch):
-        (total, losses, overflow), grads = self.grad_fn(*batch)
+        (_, total, losses, overflow), grads = self.grad_fn(self.loss_scale.scale_sense, *batch)
         if self.distributed:
             grads = self.grad_reducer(grads)
-            total = self.all_reduce(total) / self.group_size
-            averaged = ()
-            for value in losses:
-                averaged += (self.all_reduce(value) / self.group_size,)
-            losses = averaged
-            overflow = self.all_reduce(overflow.astype(ms.float32)).astype(ms.int32)
+            total, losses, overflow = self._average(total, losses, overflow)
+        grads = self.loss_scale.unscale(grads)
+        if not self.skip_overflow:
+            return self._update(total, grads), losses, overflow, ops.ones((), ms.bool_)
+        applied = ms.amp.all_finite(grads)
+        total = ops.depend(total, self.loss_scale.update(applied))
+        if applied:
+            total = self._update(total, grads)
+        return total, losses, overflow, applied
+
+    def _update(self, total, grads):
         total = ops.depend(total, self.optimizer(grads))
-        return total, losses, overflow
+        if self.use_ema:
+            total = ops.depend(total, self.ema())
+        return total
 
 
 def check_overflow(overflow, loss_cell):

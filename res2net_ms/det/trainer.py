@@ -47,7 +47,7 @@ def train_detector(detector, data, epochs, batch_size=2, lr=0.02 * 2 / 16, miles
     for epoch in range(epochs):
         sums = np.zeros(len(loss_cell.names))
         for images, targets, seeds in data.batches(batch_size, epoch, seed):
-            _, losses, overflow = step(*loss_cell.inputs(images, targets, seeds))
+            _, losses, overflow, _ = step(*loss_cell.inputs(images, targets, seeds))
             check_overflow(overflow, loss_cell)
             values = np.array([float(v.asnumpy()) for v in losses])
             if not np.all(np.isfinite(values)):

@@ -9,6 +9,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn
 
+from .layers import float32
 from .preprocess import DetDataPreprocessor, image_size, load_image
 from .train_step import TwoStageLoss, check_overflow
 
@@ -77,7 +78,7 @@ class TwoStageDetector(nn.Cell):
     @ms.jit
     def construct(self, images):
         """The dense part: pyramid features and RPN outputs of a (N, 3, H, W) batch."""
-        feats = self.neck(self.backbone(images))
+        feats = float32(self.neck(self.backbone(images)))
         scores, deltas = self.rpn_head(feats)
         return feats, scores, deltas
 

@@ -27,6 +27,7 @@ from ..det.factory import (create_detector, get_detector_config, list_detectors,
 from ..det.train_data import CocoTrainSet
 from ..det.train_step import TrainStep, check_overflow
 from ..det.trainer import lr_schedule
+from ..loss_scale import LossScale
 from ..run_state import CheckpointError, RunState, check_resume, read_run_state, restore
 from ..weights import weights_source
 from .keeper import CheckpointKeeper
@@ -34,8 +35,9 @@ from .loop import TrainingDiverged
 from .reporting import MetricsFile, duration, logger, setup_logging
 from .run_folder import check_fresh_folder, prepare_run_folder
 from .settings import resolve_settings
+from .evaluation import ema_weights
 from .setup import setup_context
-from .train_step import state_parameters
+from .train_step import EMA, mixed_precision, state_parameters
 
 __all__ = ["train_detector_run", "validate_detector"]
 
@@ -62,9 +64,6 @@ def check_det_settings(args):
     if args.opt not in ("momentum", "sgd") or args.scheduler != "multi_step_decay":
         raise ConfigError("a detector trains with mmdetection's SGD and step schedule: set opt: "
                           "momentum and scheduler: multi_step_decay (configs/det/)")
-    if args.ema or args.amp_level not in ("auto", "O0"):
-        raise ConfigError("detectors train in float32 without EMA here: set amp_level: O0 and "
-                          "ema: false")
     try:
         train_settings(get_detector_config(args.detector), args.train_cfg)
     except ValueError as exc:
@@ -135,12 +134,17 @@ def build_detector(args, plan, max_gts=None):
     the most boxes of an image) starts from a detector checkpoint (``ckpt_path``: all but its
     class layers when it has other classes, as mmdetection's ``load_from``) or with
     ``pretrained`` from the backbone's ImageNet weights (mmdetection's backbone ``init_cfg``);
-    evaluation reads ``ckpt_path`` or, with ``pretrained``, the published COCO detector."""
+    evaluation reads ``ckpt_path`` (its EMA weights with ``ema``) or, with ``pretrained``,
+    the published COCO detector."""
     training = max_gts is not None
     train_cfg = dict(args.train_cfg)
     if training:
         train_cfg["static"] = {**train_cfg.get("static", {}), "max_gts": max_gts}
     ours = bool(plan.weights) and read_run_state(plan.weights) is not None
+    if args.ema and not training and not ours:
+        raise CheckpointError(f"{plan.weights or 'the published detector'} has no EMA weights "
+                              f"(only this project's training checkpoints have): set ema: "
+                              f"false")
     path = None if ours else plan.weights
     backbone = None
     if training and args.pretrained and not plan.weights and not plan.resumed:
@@ -157,8 +161,23 @@ def build_detector(args, plan, max_gts=None):
     except ValueError as exc:  # a file that does not fit, or settings the parts refuse
         raise CheckpointError(" ".join(str(exc).split())) from None
     if ours:  # a training checkpoint of this project: its weights under their own names
-        restore(plan.weights, detector.get_parameters(), len(plan.classes))
+        restore(plan.weights, detector.get_parameters(), len(plan.classes),
+                ema=args.ema and not training)
     return detector
+
+
+def build_det_step(args, detector, optimizer, group_size):
+    """The compiled step of ``detector``'s training graph, with the run's mixed precision
+    (the backbone and the FPN in float16 as ``amp_level`` says, the heads, their targets and
+    losses in float32), loss scale and EMA (``ema_decay`` 0.9998 is mmdetection's
+    ``ExpMomentumEMA``: momentum 0.0002, gamma 2000)."""
+    mixed_precision(detector.backbone, args.amp_level, args.amp_cast_list)
+    mixed_precision(detector.neck, args.amp_level, args.amp_cast_list)
+    scale = LossScale(args.loss_scale, args.loss_scale_type == "dynamic",
+                      args.loss_scale_factor, args.scale_window)
+    ema = EMA(detector, args.ema_decay) if args.ema else None
+    return TrainStep(detector.loss_cell(), optimizer, group_size, ema=ema, loss_scale=scale,
+                     skip_overflow=args.drop_overflow_update)
 
 
 def train_detector_run(args):
@@ -184,11 +203,12 @@ def train_detector_run(args):
                         args.warmup_iters, args.warmup_ratio, args.decay_rate)
     optimizer = nn.SGD(detector.trainable_params(), learning_rate=Tensor(rates),
                        momentum=args.momentum, weight_decay=args.weight_decay)
-    cell = detector.loss_cell()
-    step = TrainStep(cell, optimizer, group_size)
-    params = state_parameters(detector, optimizer)
+    step = build_det_step(args, detector, optimizer, group_size)
+    cell, ema = step.loss_cell, step.ema
+    params = state_parameters(detector, optimizer, step, ema)
     state = dataclasses.replace(plan.resumed or RunState(), model=args.detector,
-                                config=config_yaml, classes=list(plan.classes))
+                                config=config_yaml, classes=list(plan.classes),
+                                has_ema=ema is not None)
     if plan.resumed:
         restore(args.resume, params)
     keeper = CheckpointKeeper(args.ckpt_save_dir, args.detector, args.ckpt_save_interval,
@@ -214,10 +234,13 @@ def train_detector_run(args):
                   "lr": float(rates[state.global_step - 1]),
                   "train_loss": state.epoch_loss_sum / max(state.epoch_loss_count, 1),
                   "train_seconds": round(time.perf_counter() - epoch_start, 3), **terms}
-        state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
+        if state.epoch_skipped:
+            record["skipped_steps"] = state.epoch_skipped
+        state.epoch_loss_sum, state.epoch_loss_count, state.epoch_skipped = 0.0, 0, 0
         state.val_top1 = -1.0
         if plan.val and (state.epoch % args.val_interval == 0 or state.epoch == args.epoch_size):
-            record.update(_validate(detector, plan.val, args.batch_size, rank))
+            with ema_weights(ema):
+                record.update(_validate(detector, plan.val, args.batch_size, rank))
             state.val_top1 = 100 * record["bbox_mAP"]
             if state.val_top1 > state.best_top1:
                 state.best_top1, state.best_epoch = state.val_top1, state.epoch
@@ -255,18 +278,24 @@ def run_det_epoch(args, step, cell, data, state, rates, keeper, params, rank, gr
         inputs = cell.inputs(images, targets, seeds)
         if index == state.step_in_epoch + 1:  # a restart loads the graph an earlier run made
             compile_cell(step, *inputs, what="detector training step")
-        total, losses, overflow = step(*inputs)
+        total, losses, overflow, applied = step(*inputs)
         check_overflow(overflow, cell)
         values = np.array([float(v.asnumpy()) for v in losses])
         total = float(total.asnumpy())
-        if not math.isfinite(total):
+        state.global_step += 1
+        if not bool(applied.asnumpy()):  # fp16 gradients overflowed: the update was skipped
+            state.epoch_skipped += 1
+            logger.info("epoch %d/%d step %d/%d skipped: gradients not finite (loss scale now "
+                        "%g)", state.epoch + 1, args.epoch_size, index, steps,
+                        float(step.loss_scale.scale_sense.asnumpy()))
+        elif not math.isfinite(total):
             raise TrainingDiverged(f"epoch {state.epoch + 1}, step {index}: the loss is not "
                                    f"finite ({dict(zip(cell.names, values))}): lower lr; the "
                                    f"last good checkpoint is kept")
-        state.global_step += 1
-        state.epoch_loss_sum += total
-        state.epoch_loss_count += 1
-        sums, count = sums + values, count + 1
+        else:
+            state.epoch_loss_sum += total
+            state.epoch_loss_count += 1
+            sums, count = sums + values, count + 1
         if index % args.log_interval == 0 or index == steps:
             logger.info("epoch %d/%d step %d/%d lr %.6f loss %.4f %s", state.epoch + 1,
                         args.epoch_size, index, steps, rates[state.global_step - 1], total,
@@ -311,7 +340,8 @@ def validate_detector(args):
     for result in results:
         print(result.report(), flush=True)
         out.update(result.metrics())
-    print(f"{args.detector} {plan.weights or 'published weights'} on "
+    print(f"{args.detector} {plan.weights or 'published weights'}"
+          f"{' (EMA weights)' if args.ema else ''} on "
           f"{plan.val[1]}: box mAP {out['bbox_mAP']:.3f} AP50 {out['bbox_mAP_50']:.3f}"
           + (f" mask mAP {out['segm_mAP']:.3f}" if "segm_mAP" in out else "")
           + f" ({out['images']} images, {out['seconds']:.0f} s)", flush=True)

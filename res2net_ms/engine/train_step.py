@@ -18,19 +18,14 @@ from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from ..compile_cache import compile_cell
 from ..config import ConfigError
+from ..loss_scale import LossScale
 from ..process import release_free_memory
 
 __all__ = ["NetWithLoss", "EMA", "TrainStep", "TrainParts", "build_train_step",
            "mixed_precision", "state_parameters"]
 
-_unscale = ops.MultitypeFuncGraph("unscale")
 _ema_update = ops.MultitypeFuncGraph("ema_update")
 _accumulate = ops.MultitypeFuncGraph("accumulate")
-
-
-@_unscale.register("Tensor", "Tensor")
-def _unscale_grad(inv_scale, grad):
-    return grad * ops.cast(inv_scale, grad.dtype)
 
 
 @_accumulate.register("Tensor", "Tensor", "Tensor")
@@ -111,14 +106,8 @@ class TrainStep(nn.Cell):
         self.weights = optimizer.parameters
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
         self.hyper_map = ops.HyperMap()
-        self.scale_sense = Parameter(Tensor(loss_scale, ms.float32), name="scale_sense",
-                                     requires_grad=False)
-        self.good_steps = Parameter(Tensor(0, ms.int32), name="loss_scale_good_steps",
-                                    requires_grad=False)
-        self.dynamic = dynamic_loss_scale
+        self.loss_scale = LossScale(loss_scale, dynamic_loss_scale, scale_factor, scale_window)
         self.skip_overflow = skip_overflow or dynamic_loss_scale
-        self.scale_factor = scale_factor
-        self.scale_window = scale_window
         self.clip = clip_norm > 0
         self.clip_norm = clip_norm
         self.ema = ema
@@ -136,27 +125,20 @@ class TrainStep(nn.Cell):
                                          requires_grad=False)
             self.inv_steps = Tensor(1.0 / accumulation_steps, ms.float32)
 
-    def _update_scale(self, finite):
-        """Dynamic loss scale: halve on overflow, double after ``scale_window`` good steps."""
-        scale = self.scale_sense
-        good = ops.select(finite, self.good_steps + 1, ops.zeros_like(self.good_steps))
-        grow = good >= self.scale_window
-        new_scale = ops.select(finite, ops.select(grow, scale * self.scale_factor, scale),
-                               ops.maximum(scale / self.scale_factor, ops.ones_like(scale)))
-        good = ops.select(grow, ops.zeros_like(good), good)
-        ops.assign(self.good_steps, good)
-        return ops.assign(self.scale_sense, new_scale)
+    def step_state(self):
+        """The step's own state: the loss scale, and the gradient sums between updates."""
+        state = list(self.loss_scale.get_parameters())
+        if self.accumulation_steps > 1:
+            state += list(self.accum) + [self.micro_steps]
+        return state
 
     def _apply(self, loss, grads):
         """Reduce over the ranks, unscale, check, clip, update the weights and the EMA."""
-        scale = self.scale_sense
-        grads = self.grad_reducer(grads)
-        grads = self.hyper_map(ops.partial(_unscale, ops.reciprocal(scale)), grads)
+        grads = self.loss_scale.unscale(self.grad_reducer(grads))
         finite = ms.amp.all_finite(grads) if self.skip_overflow else ops.ones((), ms.bool_)
         if self.clip:
             grads = ops.clip_by_global_norm(grads, self.clip_norm)
-        if self.dynamic:
-            scale = self._update_scale(finite)
+        scale = self.loss_scale.update(finite)
         if self.skip_overflow:
             if finite:
                 loss = ops.depend(loss, self.optimizer(grads))
@@ -170,14 +152,15 @@ class TrainStep(nn.Cell):
 
     def construct(self, images, labels):
         loss = self.network(images, labels)
-        sens = ops.fill(loss.dtype, loss.shape, ops.cast(self.scale_sense, loss.dtype))
+        sens = ops.fill(loss.dtype, loss.shape, ops.cast(self.loss_scale.scale_sense,
+                                                         loss.dtype))
         grads = self.grad(self.network, self.weights)(images, labels, sens)
         if self.accumulation_steps == 1:
             return self._apply(loss, grads)
         loss = ops.depend(loss, self.hyper_map(ops.partial(_accumulate, self.inv_steps),
                                                self.accum, grads))
         micro = ops.assign_add(self.micro_steps, ops.ones_like(self.micro_steps))
-        finite, scale = ops.ones((), ms.bool_), self.scale_sense
+        finite, scale = ops.ones((), ms.bool_), self.loss_scale.scale_sense
         if micro >= self.accumulation_steps:
             loss, finite, scale = self._apply(loss, self.accum)
             loss = ops.depend(loss, self.hyper_map(ops.assign, self.accum,
@@ -212,12 +195,8 @@ def state_parameters(network, optimizer=None, train_step=None, ema=None):
             if id(p) not in skip:
                 add(p)
     if train_step is not None:
-        add(train_step.scale_sense)
-        add(train_step.good_steps)
-        if train_step.accumulation_steps > 1:
-            for p in train_step.accum:
-                add(p)
-            add(train_step.micro_steps)
+        for p in train_step.step_state():
+            add(p)
     if ema is not None:
         for p in ema.ema_weights:
             add(p)
