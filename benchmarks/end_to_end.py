@@ -100,13 +100,29 @@ def worker_photos(opts):
 
     import mindspore as ms
 
-    from res2net_ms.ckpt import save_ckpt
+    from res2net_ms.config import config_to_yaml, parse_args, resolve_model_defaults
     from res2net_ms.factory import create_model
+    from res2net_ms.run_state import RunState, save_training_checkpoint
 
     ms.set_seed(0)
-    net = create_model(MODELS["ours"], num_classes=CLASSES)
-    save_ckpt({p.name: p for p in net.get_parameters()}, os.path.join(opts.data, "ours.ckpt"))
+    net = create_model(MODELS["ours"], num_classes=CLASSES, **_layers(opts))
+    config = resolve_model_defaults(parse_args(["--model", MODELS["ours"], "--num_classes",
+                                                str(CLASSES), *_model_kwargs(opts)]))
+    save_training_checkpoint(os.path.join(opts.data, "ours.ckpt"), list(net.get_parameters()),
+                             RunState(model=MODELS["ours"], config=config_to_yaml(config),
+                                      classes=[f"c{k}" for k in range(CLASSES)]))
     return {"train": opts.images, "val": len(val)}
+
+
+def _layers(opts):
+    """``{"layers": [...]}`` with ``--layers`` (every implementation builds the same smaller
+    network of the model's design), else nothing."""
+    return {"layers": list(opts.layers)} if opts.layers else {}
+
+
+def _model_kwargs(opts):
+    """train.py's option for ``--layers``."""
+    return ["--model_kwargs", f"{{layers: {list(opts.layers)}}}"] if opts.layers else []
 
 
 # --------------------------------------------------------------------------- training
@@ -120,7 +136,7 @@ def _train_flags(opts, save_dir):
             "--scheduler", "constant", "--warmup_epochs", "0", "--momentum", str(MOMENTUM),
             "--weight_decay", str(WEIGHT_DECAY), "--val_while_train", "False",
             "--ckpt_save_dir", save_dir, "--progress_bar", "off", "--log_interval", "100000",
-            "--overwrite", "True", "--distribute", "False"]
+            "--overwrite", "True", "--distribute", "False", *_model_kwargs(opts)]
 
 
 def _steady(times, batch):
@@ -131,7 +147,6 @@ def _steady(times, batch):
 def worker_mindcv_train(opts):
     """mindcv's train.py, pared to what runs each step: its dataset, transforms, loader,
     network, loss, optimizer and ``Model.train``."""
-    import mindcv
     import mindspore as ms
     from mindcv.data import create_dataset, create_loader, create_transforms
     from mindcv.loss import create_loss
@@ -141,7 +156,7 @@ def worker_mindcv_train(opts):
     ms.set_context(mode=ms.GRAPH_MODE, jit_config={"jit_level": "O2"})
     ms.set_seed(0)
     loader = _mindcv_loader(opts, create_dataset, create_transforms, create_loader)
-    network = mindcv.create_model(MODELS["mindcv"], num_classes=CLASSES)
+    network = _mindcv_network(opts)
     optimizer = create_optimizer(network, opt="momentum", lr=LR, momentum=MOMENTUM,
                                  weight_decay=WEIGHT_DECAY)
     model = create_trainer(network, create_loss(name="CE"), optimizer, metrics=None,
@@ -156,6 +171,18 @@ def worker_mindcv_train(opts):
     model.train(1, loader, callbacks=[StepTimes()], dataset_sink_mode=False)
     return {"steps": len(times), "epoch_seconds": time.perf_counter() - start,
             "images_per_s": _steady(times, opts.batch)}
+
+
+def _mindcv_network(opts):
+    """mindcv's model, or with ``--layers`` its ``Res2Net`` class with those stages (its
+    factories fix the layer counts)."""
+    import mindcv
+    from mindcv.models.res2net import Bottle2neck, Res2Net
+
+    if not opts.layers:
+        return mindcv.create_model(MODELS["mindcv"], num_classes=CLASSES)
+    version = "res2net_v1b" if MODELS["mindcv"].endswith("_v1b") else "res2net"
+    return Res2Net(Bottle2neck, list(opts.layers), version=version, num_classes=CLASSES)
 
 
 def _mindcv_loader(opts, create_dataset, create_transforms, create_loader):
@@ -192,7 +219,7 @@ def worker_torch_train(opts):
 
     torch.manual_seed(0)
     loader = _timm_loader(opts, True, None)
-    model = timm.create_model(MODELS["torch"], num_classes=CLASSES).train()
+    model = timm.create_model(MODELS["torch"], num_classes=CLASSES, **_layers(opts)).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM,
                                 weight_decay=WEIGHT_DECAY)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -257,7 +284,7 @@ def worker_torch_predict(opts):
     import timm
     import torch
 
-    model = timm.create_model(MODELS["torch"], num_classes=CLASSES).eval()
+    model = timm.create_model(MODELS["torch"], num_classes=CLASSES, **_layers(opts)).eval()
     rows = 0
     with torch.inference_mode():
         for images, _ in _timm_loader(opts, False, opts.folder):
@@ -277,7 +304,8 @@ def _worker(kind, opts, folder=None, env=None):
     cmd = [sys.executable, os.path.join(HERE, "bench.py"), "--end-to-end", "--worker", kind,
            "--data", opts.data, "--images", str(opts.images), "--infer-images",
            str(opts.infer_images), "--size", str(opts.size), "--batch", str(opts.batch),
-           "--workers", str(opts.workers)] + (["--folder", folder] if folder else [])
+           "--workers", str(opts.workers)] + (["--folder", folder] if folder else []) + (
+               ["--layers", *map(str, opts.layers)] if opts.layers else [])
     return result_of(*machine.run(cmd, opts.timeout, env=env))
 
 
@@ -433,6 +461,9 @@ def parser():
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="data workers, the same for all")
+    p.add_argument("--layers", type=int, nargs=4, metavar="N",
+                   help="blocks per stage (default: the model's): the same smaller network "
+                        "in every implementation, for a quick check of the benchmark itself")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--timeout", type=int, default=3600, help="seconds per command")
     machine.add_matmul_arguments(p)
@@ -450,7 +481,8 @@ def main(argv=None):
         return 0
     box = machine.machine()
     print(f"end to end: {opts.images} training + {opts.infer_images} inference photos, "
-          f"{opts.size} px, batch {opts.batch}, {opts.workers} workers, {opts.rounds} round(s)")
+          f"{opts.size} px, batch {opts.batch}, {opts.workers} workers, {opts.rounds} round(s)"
+          + (f", blocks per stage {list(opts.layers)}" if opts.layers else ""))
     print(f"machine: {box['cpu']}, {box['cores']} cores, load average "
           f"{' '.join(f'{x:.2f}' for x in box['load_average'])}")
     rates = {}

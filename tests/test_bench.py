@@ -150,13 +150,14 @@ def test_no_ratio_to_pytorch_from_a_busy_machine():
 def test_end_to_end_runs_all_three_and_says_what_it_measured(tmp_path):
     """``bench.py --end-to-end`` on a few small photos: every implementation trains an epoch
     and infers over the folder, nothing fails, and the tables carry a number in every cell.
-    Eight training photos: two steps an epoch, the fewest that give a steady rate; the MatMul
+    Eight training photos: two steps an epoch, the fewest that give a steady rate; one block
+    a stage (the same network in all three: the compiles are what takes time); the MatMul
     rates at the start only (those at the end are not checked)."""
     out = tmp_path / "e2e.json"
     run = subprocess.run([sys.executable, os.path.join(BENCH, "bench.py"), "--end-to-end",
                           "--images", "8", "--infer-images", "8", "--size", "64", "--batch",
-                          "4", "--matmul-size", "128", "--matmul-at", "start", "--out",
-                          str(out)],
+                          "4", "--layers", "1", "1", "1", "1", "--matmul-size", "128",
+                          "--matmul-at", "start", "--out", str(out)],
                          capture_output=True, text=True, cwd=REPO,
                          env=shell_environment(), timeout=3600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
