@@ -235,6 +235,8 @@ def test_a_coco_detector_fine_tunes_onto_other_classes(tmp_path):
                                            r"list_detectors\(\): did you mean "
                                            r"'faster_rcnn_r2_101_fpn'\?"),
     (["--scheduler", "cosine_decay"], r"set opt: momentum and scheduler: multi_step_decay"),
+    (["--clip_grad", "True", "--mixup", "0.2"], r"mixup, clip_grad: classification settings, "
+                                               r"not applied to a detector's training"),
     (["--img_scale", "16", "16"], r"img_scale must be at least 32 \(each value\), got "
                                   r"\[16, 16\]"),
     (["--train_cfg", "{rpn: {samplr: pseudo}}"], r"unknown setting 'train_cfg.rpn.samplr'"),

@@ -200,7 +200,7 @@ def test_bad_input_gives_one_error_line_and_status_2(files, tmp_path, capsys, ca
 def test_det_sits_above_models_data_converter_and_factory():
     graph = _imports_by_part()
     assert graph["det"] <= {"models", "convert", "factory", "hub", "data", "fileio", "ckpt",
-                            "process", "lazy", "inference", "weights"}
+                            "process", "lazy", "inference", "weights", "loss_scale"}
     # the converter gets the detector's parameter shapes passed in, and imports no det/; only
     # the layers on top use it: the detect CLI, the zoo table and the engine's detector runs
     assert {part for part, uses in graph.items() if "det" in uses} <= {"detect", "zoo_table",

@@ -18,7 +18,7 @@ import numpy as np
 from mindspore import Tensor, nn
 
 from ..compile_cache import compile_cell
-from ..config import ConfigError, config_to_yaml
+from ..config import OPTIONS_BY_NAME, ConfigError, config_to_yaml
 from ..data import DataError
 from ..det.coco import check_images, image_paths, read_annotations
 from ..det.evaluate import evaluate_detector
@@ -30,12 +30,12 @@ from ..det.trainer import lr_schedule
 from ..loss_scale import LossScale
 from ..run_state import CheckpointError, RunState, check_resume, read_run_state, restore
 from ..weights import weights_source
+from .evaluation import ema_weights
 from .keeper import CheckpointKeeper
 from .loop import TrainingDiverged
 from .reporting import MetricsFile, duration, logger, setup_logging
 from .run_folder import check_fresh_folder, prepare_run_folder
 from .settings import resolve_settings
-from .evaluation import ema_weights
 from .setup import setup_context
 from .train_step import EMA, mixed_precision, state_parameters
 
@@ -55,12 +55,24 @@ class DetPlan:
     resumed: RunState = None
 
 
+# Classification settings a detector run does not apply (mmdetection's pipeline, loss and
+# step have none of them): set to anything but their default, they stop the run.
+NOT_FOR_DETECTORS = ("dataset_sink_mode", "num_samples", "aug_repeats", "color_jitter",
+                     "auto_augment", "re_prob", "mixup", "cutmix", "label_smoothing",
+                     "use_nesterov", "clip_grad", "layer_decay", "gradient_accumulation_steps")
+
+
 def check_det_settings(args):
     """What a detector run takes of the classification options, before anything starts."""
     if args.detector not in list_detectors():
         close = difflib.get_close_matches(args.detector, list_detectors(), n=1)
         raise ConfigError(f"detector '{args.detector}' is not one of list_detectors()"
                           + (f": did you mean '{close[0]}'?" if close else ""))
+    changed = [name for name in NOT_FOR_DETECTORS
+               if getattr(args, name) != OPTIONS_BY_NAME[name].default]
+    if changed:
+        raise ConfigError(f"{', '.join(changed)}: classification settings, not applied to a "
+                          f"detector's training: remove {'them' if changed[1:] else 'it'}")
     if args.opt not in ("momentum", "sgd") or args.scheduler != "multi_step_decay":
         raise ConfigError("a detector trains with mmdetection's SGD and step schedule: set opt: "
                           "momentum and scheduler: multi_step_decay (configs/det/)")
