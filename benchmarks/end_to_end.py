@@ -181,8 +181,7 @@ def _mindcv_network(opts):
 
     if not opts.layers:
         return mindcv.create_model(MODELS["mindcv"], num_classes=CLASSES)
-    version = "res2net_v1b" if MODELS["mindcv"].endswith("_v1b") else "res2net"
-    return Res2Net(Bottle2neck, list(opts.layers), version=version, num_classes=CLASSES)
+    return Res2Net(Bottle2neck, list(opts.layers), num_classes=CLASSES)  # MODEL is v1
 
 
 def _mindcv_loader(opts, create_dataset, create_transforms, create_loader):
