@@ -1,6 +1,7 @@
 """Grad-CAM: the map is the analytic one where it has a closed form, it is an image of the
-input's size, and on the digits model trained for the tests (conftest's ``trained``) it lies on
-the strokes, not the background. The trained model also shows predict's real accuracy (that a
+input's size, and on the digits model trained for the tests (conftest's ``trained``) it
+points at what decides the class: masking its hottest pixels costs the class more than
+masking its coldest. The trained model also shows predict's real accuracy (that a
 MINDIR predicts as its checkpoint: test_export.py)."""
 import glob
 import os
@@ -73,7 +74,8 @@ def _val_images(digits_dir, per_class=3):
 
 
 @pytest.mark.slow
-def test_cam_of_the_digits_model_lies_on_the_strokes(digits_model, digits_dir, tmp_path, capsys):
+def test_cam_of_the_digits_model_points_at_what_decides_the_class(digits_model, digits_dir,
+                                                                    tmp_path, capsys):
     images = _val_images(digits_dir)
     code = cam_main([images[0], "--ckpt_path", digits_model, "--out", str(tmp_path / "cam.png"),
                      "--stage", "1"])
@@ -82,26 +84,37 @@ def test_cam_of_the_digits_model_lies_on_the_strokes(digits_model, digits_dir, t
     assert out.startswith(f"wrote {tmp_path / 'cam.png'}: Grad-CAM of class ")
     assert Image.open(tmp_path / "cam.png").size == Image.open(images[0]).size
 
-    # At 32 px the last stages are 1x1 and 2x2: stage 1 (8x8) is the one that can localise.
-    # The model is loaded once; each map is made as the command made the first.
+    # Where a map lies depends on what the training run learned (on one machine's model the
+    # strokes held 2-5 times the background's heat a pixel at stage 1, on another's 1.35
+    # times), so the test asks what Grad-CAM promises: the quarter of the image the map heats
+    # most carries more of the class than the quarter it heats least. Either quarter is
+    # filled with the image's mean grey and the class probability's fall compared. Stage 2
+    # (4x4 at 32 px) is the one that tells them apart most clearly.
     loaded = load_model(ckpt_path=digits_model)
-    on_strokes, on_background, ratios = [], [], []
+    classes, before, masked = [], [], []
     for path in images:
         image = read_image(path)
-        cam, _, _ = grad_cam(loaded.network, loaded.preprocess(image), stage=1)
+        cam, class_index, p = grad_cam(loaded.network, loaded.preprocess(image), stage=2)
         heat = cam_image(cam, image.size, loaded.preprocess)
-        gray = np.asarray(image.convert("L"), np.float32)
-        assert heat.shape == gray.shape
-        if heat.sum() == 0:
-            continue
-        strokes, empty = gray > 128, gray < 16
-        on_strokes.append(heat[strokes].sum() / heat.sum())
-        on_background.append(heat[empty].sum() / heat.sum())
-        ratios.append(heat[strokes].mean() / max(heat[empty].mean(), 1e-6))
-    assert len(ratios) >= 25
-    # the empty background holds more pixels than the strokes, yet less of the map
-    assert np.mean(on_strokes) > np.mean(on_background), (on_strokes, on_background)
-    assert np.median(ratios) > 1.5, ratios  # measured 2.0-5.0 over training runs
+        pixels = np.asarray(image, np.float32)
+        assert heat.shape == pixels.shape[:2]
+        order = np.argsort(heat.ravel(), kind="stable")
+        quarter = heat.size // 4
+        for chosen in (order[-quarter:], order[:quarter]):
+            filled = pixels.reshape(-1, 3).copy()
+            filled[chosen] = pixels.mean()
+            filled = Image.fromarray(filled.reshape(pixels.shape).astype(np.uint8))
+            masked.append(np.asarray(loaded.preprocess(filled), np.float32))
+        classes.append(class_index)
+        before.append(p)
+    logits = loaded.network(ms.Tensor(np.stack(masked))).asnumpy()
+    odds = np.exp(logits - logits.max(axis=1, keepdims=True))
+    after = (odds / odds.sum(axis=1, keepdims=True))[np.arange(len(masked)),
+                                                     np.repeat(classes, 2)]
+    falls = np.asarray(before)[:, None] - after.reshape(-1, 2)
+    hottest, coldest = falls.mean(axis=0)
+    # measured: 0.36 against 0.07 (at stage 1: 0.30 against 0.15)
+    assert hottest > 2 * coldest and hottest > 0.1, (hottest, coldest)
 
 
 @pytest.mark.slow

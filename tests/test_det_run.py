@@ -60,10 +60,12 @@ def step_losses(text):
 
 @pytest.fixture(scope="module")
 def reference(det_dir, tmp_path_factory):
-    """The uninterrupted run: its folder and its log."""
+    """The uninterrupted run: its folder and its log. It writes only the epochs'
+    checkpoints (the step checkpoints change nothing in a run that is not cut: a write is
+    about 400 MB)."""
     save_dir = tmp_path_factory.mktemp("det_reference")
-    proc = subprocess.run(train_cmd(det_dir, save_dir), capture_output=True, text=True,
-                          cwd=REPO, timeout=900)
+    proc = subprocess.run(train_cmd(det_dir, save_dir, "--ckpt_save_steps", "0"),
+                          capture_output=True, text=True, cwd=REPO, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return save_dir, proc.stdout
 
@@ -187,7 +189,10 @@ def test_mixed_precision_trains_with_a_dynamic_loss_scale(det_dir, reference, tm
     ours, ref = step_losses(proc.stdout)[1, 1], step_losses(ref_log)[1, 1]
     assert ours != ref
     for name, value in ref.items():
-        assert ours[name] == pytest.approx(value, rel=5e-2, abs=1e-3), name
+        # acc counts the 128 sampled RoIs a class is right for (0.78 points each): half
+        # precision flips a few near ties (5 of them on a fresh machine of 2026-12-03).
+        close = dict(abs=8) if name == "acc" else dict(rel=5e-2, abs=1e-3)
+        assert ours[name] == pytest.approx(value, **close), name
     skipped = proc.stdout.count("skipped: gradients not finite")
     print(f"AMP O2 step 1: {ours}, float32: {ref}; {skipped} of 4 steps skipped")
     assert float(ckpt_arrays(save_dir / "last.ckpt")["scale_sense"]) == 65536 / 2 ** skipped
