@@ -59,7 +59,7 @@ __all__ = ["ENV_SWITCH", "MAX_BYTES", "MAX_ENTRIES", "cache_root", "compile_cell
            "graph_key", "stats"]
 
 ENV_SWITCH = "R2N_COMPILE_CACHE"
-MAX_ENTRIES = 64
+MAX_ENTRIES = 256  # a few MB each (2.8 MB a detector's training step): MAX_BYTES bounds the folder
 MAX_BYTES = 4 << 30  # an entry can be as large as the weights: MindSpore folds some
                      # optimizer constants (AdamW's) into the graph
 MANIFEST = "manifest.json"
