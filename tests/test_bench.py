@@ -180,11 +180,11 @@ def test_end_to_end_runs_all_three_and_says_what_it_measured(tmp_path):
 @pytest.mark.mmdet
 @pytest.mark.skipif(find_spec("mmdet") is None, reason="mmdetection is not installed")
 def test_the_detector_training_benchmark_times_both_on_finite_losses(tmp_path):
-    """``det_train_bench.py`` tiny (Faster R-CNN, one block per stage, 192x320, one timed
+    """``det_train_bench.py`` tiny (Faster R-CNN, one block per stage, 128x128, one timed
     iteration): both implementations train, each iteration timed, every loss finite."""
     out = tmp_path / "det_train_bench.json"
     run = subprocess.run([sys.executable, os.path.join(BENCH, "det_train_bench.py"),
-                          "--detectors", "faster_rcnn_r2_101_fpn", "--scale", "192", "320",
+                          "--detectors", "faster_rcnn_r2_101_fpn", "--scale", "128", "128",
                           "--layers", "1", "1", "1", "1", "--iters", "1", "--max-gts", "8",
                           "--out", str(out)],
                          capture_output=True, text=True, cwd=REPO, env=shell_environment(),
