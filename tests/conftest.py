@@ -30,22 +30,18 @@ DEMO = os.path.join(REPO, "configs", "demo", "digits_cpu.yaml")
 LIGHT = ["--model_kwargs", "{layers: [1, 1, 1, 1]}", "--progress_bar", "off"]
 
 
-# The session's cache folder, set by the pytest-xdist controller for its workers.
-_SESSION_CACHE = "R2N_TEST_SESSION_CACHE"
-
-
 def pytest_configure(config):
     """The test session gets its own cache folder (``$R2N_CACHE_DIR``: the compile cache's
     graphs, the CPU kernels), empty at the start and shared by both pytest-xdist workers and
     every process the tests start: a graph compiled by one test is loaded by any later one
     (entries are written whole and renamed into place, so concurrent writers are safe), and
-    nothing comes from another run or checkout. The controller makes it; its workers inherit
-    the variable."""
-    if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(_SESSION_CACHE):
+    nothing comes from another run or checkout. The pytest-xdist controller makes it before
+    it starts its workers, which inherit the variable."""
+    if "PYTEST_XDIST_WORKER" in os.environ:
         return
     folder = tempfile.mkdtemp(prefix="res2net_ms-test-cache-")
     config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
-    os.environ["R2N_CACHE_DIR"] = os.environ[_SESSION_CACHE] = folder
+    os.environ["R2N_CACHE_DIR"] = folder
 
 
 # The costliest files, heaviest first (measured on CI). pytest-xdist's ``--dist loadfile``

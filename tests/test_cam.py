@@ -98,6 +98,8 @@ def test_cam_of_the_digits_model_points_at_what_decides_the_class(digits_model, 
         heat = cam_image(cam, image.size, loaded.preprocess)
         pixels = np.asarray(image, np.float32)
         assert heat.shape == pixels.shape[:2]
+        if heat.max() == 0:  # no positive evidence at this stage: no quarter to rank
+            continue
         order = np.argsort(heat.ravel(), kind="stable")
         quarter = heat.size // 4
         for chosen in (order[-quarter:], order[:quarter]):
@@ -107,10 +109,9 @@ def test_cam_of_the_digits_model_points_at_what_decides_the_class(digits_model, 
             masked.append(np.asarray(loaded.preprocess(filled), np.float32))
         classes.append(class_index)
         before.append(p)
-    logits = loaded.network(ms.Tensor(np.stack(masked))).asnumpy()
-    odds = np.exp(logits - logits.max(axis=1, keepdims=True))
-    after = (odds / odds.sum(axis=1, keepdims=True))[np.arange(len(masked)),
-                                                     np.repeat(classes, 2)]
+    assert len(classes) >= 25
+    probabilities = ms.ops.softmax(loaded.network(ms.Tensor(np.stack(masked))), axis=1)
+    after = probabilities.asnumpy()[np.arange(len(masked)), np.repeat(classes, 2)]
     falls = np.asarray(before)[:, None] - after.reshape(-1, 2)
     hottest, coldest = falls.mean(axis=0)
     # measured: 0.36 against 0.07 (at stage 1: 0.30 against 0.15)
