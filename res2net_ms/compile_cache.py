@@ -56,7 +56,7 @@ from mindspore.train import mind_ir_pb2
 from .fileio import TEMP_MARK, atomic_write, cache_folder, remove_stale_temporaries, sha256_file
 
 __all__ = ["ENV_SWITCH", "MAX_BYTES", "MAX_ENTRIES", "cache_root", "compile_cell", "enabled",
-           "graph_key", "stats"]
+           "graph_key", "lr_table_for_graph", "stats"]
 
 ENV_SWITCH = "R2N_COMPILE_CACHE"
 MAX_ENTRIES = 256  # a few MB each (2.8 MB a detector's training step): MAX_BYTES bounds the folder
@@ -77,14 +77,33 @@ _NOTICES = ("MS_DEV_FORCE_USE_COMPILE_CACHE has been set",
 # The execution context's settings that change what a compile makes of a cell.
 _CONTEXT = ("mode", "jit_config", "jit_syntax_level", "deterministic", "enable_graph_kernel",
             "graph_kernel_flags", "memory_optimize_level", "exec_order", "max_call_depth")
-# Cell attributes that MindSpore sets per instance or per compile: not part of a graph.
+# Cell attributes that MindSpore sets per instance or per compile, or that only record a
+# constructor's argument (an optimizer's ``init_learning_rate``: its graph reads the
+# ``learning_rate`` parameter): not part of a graph.
 _VOLATILE = {"arguments_key", "compile_phase", "current_phase", "phase", "phase_cache",
              "create_time", "cell_init_args", "instance_count", "is_top_cell",
-             "parameter_layout_dict", "parallel_parameter_layout_dict"}
+             "parameter_layout_dict", "parallel_parameter_layout_dict", "sequence_modified",
+             "init_learning_rate"}
 
 
 class _Damaged(Exception):
     """A cache entry that must not be loaded; the message says why."""
+
+
+# Learning-rate tables of up to this many steps share one length (longer ones: the next power
+# of two), so that a run of other epochs or images reuses a graph (see lr_table_for_graph).
+LR_TABLE_MIN_LENGTH = 4096
+
+
+def lr_table_for_graph(rates):
+    """``rates`` (one learning rate per optimizer step) padded with its last value to
+    :data:`LR_TABLE_MIN_LENGTH` or the next power of two. The optimizer keeps its table as a
+    parameter, whose shape is part of the graph: unpadded, every epoch count or data size
+    would compile a graph of its own (a resume with more epochs, a shorter test run). The
+    steps past the run's end are never taken."""
+    rates = np.asarray(rates, dtype=np.float32).reshape(-1)
+    length = max(LR_TABLE_MIN_LENGTH, 1 << max(len(rates) - 1, 0).bit_length())
+    return np.concatenate([rates, np.full(length - len(rates), rates[-1], np.float32)])
 
 
 # --------------------------------------------------------------------------- the key

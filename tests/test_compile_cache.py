@@ -157,6 +157,19 @@ def test_the_key_covers_what_shapes_a_graph_and_not_the_weights(monkeypatch, gra
     assert base not in changed.values() and len(set(changed.values())) == len(changed), changed
 
 
+def test_learning_rate_tables_of_other_lengths_share_a_shape():
+    """Padded with the last rate to 4096 steps or the next power of two (a run of other
+    epochs loading a graph: test_faults' one-epoch run, test_demo)."""
+    lr_table_for_graph = compile_cache.lr_table_for_graph
+    short, long = lr_table_for_graph([0.1, 0.2, 0.3]), lr_table_for_graph(np.linspace(0, 1, 5000))
+    assert short.shape == (4096,) and long.shape == (8192,)
+    assert lr_table_for_graph(np.ones(4096)).shape == (4096,)
+    np.testing.assert_array_equal(short[:3], np.float32([0.1, 0.2, 0.3]))
+    assert np.all(short[3:] == np.float32(0.3))
+    np.testing.assert_array_equal(long[:5000], np.float32(np.linspace(0, 1, 5000)))
+    assert np.all(long[5000:] == 1.0)
+
+
 def test_the_key_is_the_same_in_another_process(graph_mode):
     """Under the same context: an earlier test of the session (conftest's ``trained`` run)
     may have switched determinism on, which is part of the key."""

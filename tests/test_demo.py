@@ -15,11 +15,14 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_second_demo_trains_afresh(trained, digits_dir, tmp_path):
-    """The folder a first demo leaves is conftest's trained run (the demo's network)."""
+    """The folder a first demo leaves is conftest's trained run (the demo's network). The
+    second demo's two steps are that run's graph (EMA and deterministic kernels as there):
+    a run of other epochs and samples loads it from the compile cache."""
     save_dir = tmp_path / "demo"
     shutil.copytree(trained[1], save_dir)
     assert (save_dir / "last.ckpt").is_file()
-    tiny = ["--epoch_size", "1", "--num_samples", "32", "--batch_size", "16"]
+    tiny = ["--epoch_size", "1", "--num_samples", "64", "--ema", "True", "--deterministic",
+            "True"]
 
     def run(*argv):
         return subprocess.run([sys.executable, *argv], capture_output=True, text=True,
@@ -36,6 +39,7 @@ def test_a_second_demo_trains_afresh(trained, digits_dir, tmp_path):
     assert demo.returncode in (0, 1) and demo.stdout.splitlines()[-1].startswith("top-1: "), \
         output[-4000:]
     assert "removed the previous run's checkpoints" in output
+    assert "compile cache: training step loaded" in output, output[-4000:]
     assert "Exception ignored" not in output
     with open(save_dir / "metrics.jsonl") as f:
         rows = [json.loads(line) for line in f]

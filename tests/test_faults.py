@@ -33,9 +33,8 @@ EXACT = ["--deterministic", "True", "--scale", "1", "1", "--ratio", "1", "1",
          "--val_while_train", "True", "--val_interval", "3", "--ema", "True",
          "--log_interval", "1"]
 STEPS_PER_EPOCH = 64 // 16
-# A first epoch alone. The length of the learning-rate table is part of the compiled graph:
-# runs that resume a one-epoch run go on to EXACT's three epochs, whose graph the reference
-# run compiled, rather than compile one of their own.
+# A first epoch alone: the graph of EXACT's three epochs (the learning-rate table's length
+# does not name a graph), which the reference run compiled.
 ONE_EPOCH = [*EXACT, "--epoch_size", "1", "--val_while_train", "False"]
 
 
@@ -57,12 +56,14 @@ def train_cmd(digits_dir, save_dir, *extra):
             digits_dir, "--ckpt_save_dir", str(save_dir), *LIGHT, *extra]
 
 
-def run(cmd, limit_bytes=None, timeout=600, cwd=REPO):
-    """Run a command to its end; with ``limit_bytes`` no file it writes may grow larger."""
+def run(cmd, limit_bytes=None, timeout=600, cwd=REPO, env=None):
+    """Run a command to its end (``env``: variables to add); with ``limit_bytes`` no file it
+    writes may grow larger."""
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
     return subprocess.run(cmd, capture_output=True, text=True, cwd=str(cwd), timeout=timeout,
-                          preexec_fn=limit if limit_bytes else None)
+                          preexec_fn=limit if limit_bytes else None,
+                          env={**os.environ, **(env or {})})
 
 
 # Every step or epoch checkpoint is written as last.ckpt first (the others are links to it),
@@ -210,11 +211,14 @@ def test_a_renamed_checkpoint_resumed_elsewhere_continues_exactly(tiny_dir, refe
 
 
 @pytest.fixture(scope="module")
-def one_epoch(tiny_dir, tmp_path_factory):
-    """A finished one-epoch run to build faults on (copied by each test)."""
+def one_epoch(tiny_dir, reference, tmp_path_factory):
+    """A finished one-epoch run to build faults on (copied by each test). It loads the graph
+    the reference run of three epochs compiled: the learning-rate table is padded to a
+    length that does not depend on the epoch count."""
     save_dir = tmp_path_factory.mktemp("one_epoch") / "run"
     proc = run(train_cmd(tiny_dir, save_dir, *ONE_EPOCH))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "compile cache: training step loaded" in proc.stdout, proc.stdout[-3000:]
     return save_dir
 
 
@@ -232,13 +236,13 @@ def _error_line(proc):
 
 
 def test_full_disk_keeps_the_previous_checkpoint(tiny_dir, one_epoch, tmp_path):
-    """Not EXACT's three epochs: a compile-cache entry is larger than the limit, so this run
-    compiles its own graph rather than load one (a load under the limit fails: not tested)."""
+    """Without the compile cache: its entries are larger than the limit (a load under the
+    limit fails: not tested)."""
     save_dir = _copy(one_epoch, tmp_path)
     before = (save_dir / "last.ckpt").read_bytes()
     limit = 4 * 1024 * 1024  # logs and config fit, a checkpoint does not
     proc = run(train_cmd(tiny_dir, save_dir, *ONE_EPOCH, "--epoch_size", "2", "--resume",
-                         "auto"), limit_bytes=limit)
+                         "auto"), limit_bytes=limit, env={"R2N_COMPILE_CACHE": "0"})
     line = _error_line(proc)
     assert "last.ckpt" in line and "larger than the system allows" in line
     assert (save_dir / "last.ckpt").read_bytes() == before

@@ -130,6 +130,11 @@ def test_pynative_forward_and_backward(pynative_mode, name):
     assert len(grads) == len(net.trainable_params())
 
 
+# Two blocks a stage for the graph-mode shape tests: a stage's first block (stride,
+# projection, dilation) and a later one; the shapes do not depend on the depth.
+TWO_A_STAGE = {"layers": (2, 2, 2, 2)}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name, channels, reductions", [
     ("res2net50_26w_4s", (64, 256, 512, 1024, 2048), (2, 4, 8, 16, 32)),
@@ -138,11 +143,12 @@ def test_pynative_forward_and_backward(pynative_mode, name):
 ])
 def test_features_only_shapes_and_strides(graph_mode, name, channels, reductions):
     size = 64
+    depth = {} if "dla" in name else TWO_A_STAGE
     info = res2net_ms.create_model(name, features_only=True).feature_info
     assert [f["num_chs"] for f in info] == list(channels)
     assert [f["reduction"] for f in info] == list(reductions)
     out_indices = tuple(range(len(channels)))
-    net = res2net_ms.create_model(name, features_only=True, out_indices=out_indices)
+    net = res2net_ms.create_model(name, features_only=True, out_indices=out_indices, **depth)
     net.set_train(False)
     feats = net(batch(size=size))
     assert [tuple(f.shape) for f in feats] == [
@@ -152,7 +158,7 @@ def test_features_only_shapes_and_strides(graph_mode, name, channels, reductions
 
 @pytest.mark.slow
 def test_features_only_default_returns_the_four_stages(graph_mode):
-    net = res2net_ms.create_model("res2net50_26w_4s", features_only=True)
+    net = res2net_ms.create_model("res2net50_26w_4s", features_only=True, **TWO_A_STAGE)
     net.set_train(False)
     feats = net(batch(size=64))
     assert [f.shape[1] for f in feats] == [256, 512, 1024, 2048]
@@ -163,13 +169,13 @@ def test_features_only_default_returns_the_four_stages(graph_mode):
 @pytest.mark.parametrize("output_stride, sizes", [(16, (16, 8, 4, 4)), (8, (16, 8, 8, 8))])
 def test_output_stride_dilates_last_stages(graph_mode, output_stride, sizes):
     net = res2net_ms.create_model("res2net50_v1b_26w_4s", features_only=True,
-                                  output_stride=output_stride)
+                                  output_stride=output_stride, **TWO_A_STAGE)
     net.set_train(False)
     feats = net(batch(size=64))
     assert [f.shape[2] for f in feats] == list(sizes)
     assert [f["reduction"] for f in net.feature_info][1:] == [64 // s for s in sizes]
     assert n_trainable(net) == n_trainable(
-        res2net_ms.create_model("res2net50_v1b_26w_4s", features_only=True))
+        res2net_ms.create_model("res2net50_v1b_26w_4s", features_only=True, **TWO_A_STAGE))
 
 
 def test_frozen_stages_freeze_params_and_bn(pynative_mode):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from mindspore import Tensor, nn
 
-from ..compile_cache import compile_cell
+from ..compile_cache import compile_cell, lr_table_for_graph
 from ..config import OPTIONS_BY_NAME, ConfigError, config_to_yaml
 from ..data import DataError
 from ..det.coco import check_images, image_paths, read_annotations
@@ -213,7 +213,8 @@ def train_detector_run(args):
     lr = args.lr * total_batch / args.base_batch_size if args.auto_scale_lr else args.lr
     rates = lr_schedule(args.epoch_size, steps, lr, args.multi_step_decay_milestones,
                         args.warmup_iters, args.warmup_ratio, args.decay_rate)
-    optimizer = nn.SGD(detector.trainable_params(), learning_rate=Tensor(rates),
+    optimizer = nn.SGD(detector.trainable_params(),
+                       learning_rate=Tensor(lr_table_for_graph(rates)),
                        momentum=args.momentum, weight_decay=args.weight_decay)
     step = build_det_step(args, detector, optimizer, group_size)
     cell, ema = step.loss_cell, step.ema

@@ -16,7 +16,7 @@ from mindcv.scheduler import create_scheduler
 from mindcv.utils import amp as mindcv_amp
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
-from ..compile_cache import compile_cell
+from ..compile_cache import compile_cell, lr_table_for_graph
 from ..config import ConfigError
 from ..loss_scale import LossScale
 from ..process import release_free_memory
@@ -263,8 +263,8 @@ def build_train_step(args, network, steps_per_epoch, group_size):
         num_cycles=args.num_cycles, cycle_decay=args.cycle_decay,
         lr_epoch_stair=args.lr_epoch_stair)
     optimizer = create_optimizer(
-        network, opt=args.opt, lr=lr_table, weight_decay=args.weight_decay,
-        momentum=args.momentum, nesterov=args.use_nesterov,
+        network, opt=args.opt, lr=lr_table_for_graph(lr_table).tolist(),
+        weight_decay=args.weight_decay, momentum=args.momentum, nesterov=args.use_nesterov,
         weight_decay_filter=args.weight_decay_filter, layer_decay=args.layer_decay,
         loss_scale=1.0, eps=args.eps)
     ema = EMA(network, args.ema_decay) if args.ema else None
