@@ -4,11 +4,24 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo demo-det test test-fast bench bench-compile bench-e2e bench-restarts \
+.PHONY: demo demo-det jemalloc test test-fast bench bench-compile bench-e2e bench-restarts \
 	bench-det-train clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
+
+# MindSpore's graph compiler spends about a third of its time in glibc's malloc here: with
+# jemalloc preloaded the detector's training step compiles in 19 s instead of 28 and the
+# demo's in 7 s instead of 12, to the same bits (README: Faster compiles on CPU). Preloaded
+# when found; `JEMALLOC=` turns it off. `make jemalloc` installs Debian's (as root; CI does).
+JEMALLOC ?= $(firstword $(wildcard /usr/lib/*-linux-gnu/libjemalloc.so.2 \
+	/usr/lib64/libjemalloc.so.2 /usr/local/lib/libjemalloc.so.2))
+PRELOAD := $(if $(JEMALLOC),LD_PRELOAD="$(strip $(JEMALLOC) $(LD_PRELOAD))")
+
+jemalloc:
+	@test -n "$(JEMALLOC)" || apt-get install -y -q libjemalloc2 >/dev/null || \
+		(apt-get update -q >/dev/null && apt-get install -y -q libjemalloc2 >/dev/null) || \
+		echo "note: libjemalloc2 not installed (apt-get failed): glibc's malloc, slower compiles"
 
 # The demo needs no PyTorch: it installs the package with its demo extra only.
 $(VENV)/.demo: pyproject.toml | $(PY)
@@ -21,7 +34,7 @@ $(VENV)/.test: pyproject.toml tests/requirements-mmdet.txt | $(PY)
 	touch $(VENV)/.demo $(VENV)/.demo-det $@
 
 demo: $(VENV)/.demo
-	$(PY) -m res2net_ms.demo
+	$(PRELOAD) $(PY) -m res2net_ms.demo
 
 # A detector trained here (COCO evaluation needs pycocotools: the det extra).
 $(VENV)/.demo-det: pyproject.toml | $(PY)
@@ -29,7 +42,7 @@ $(VENV)/.demo-det: pyproject.toml | $(PY)
 	touch $@
 
 demo-det: $(VENV)/.demo-det
-	$(PY) -m res2net_ms.det.demo
+	$(PRELOAD) $(PY) -m res2net_ms.det.demo
 
 # Two pytest workers, whole files each (module fixtures compile once): graph compiling takes
 # one core, so two workers on two cores take about two thirds of the time of one. Files start
@@ -39,12 +52,12 @@ PYTEST := $(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile \
 	--no-loadscope-reorder
 
 test: $(VENV)/.test
-	$(PYTEST) tests
+	$(PRELOAD) $(PYTEST) tests
 
 # What you run while you work: everything but the slow tests (training runs, full-zoo
 # sweeps, fuzzing), the msrun jobs and the runs of mmdetection itself.
 test-fast: $(VENV)/.test
-	$(PYTEST) -m "not slow and not distributed and not mmdet" tests
+	$(PRELOAD) $(PYTEST) -m "not slow and not distributed and not mmdet" tests
 
 # Ours against mindcv and PyTorch (timm) on this machine: table in the terminal, benchmarks/bench.json.
 bench: $(VENV)/.test
