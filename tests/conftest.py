@@ -94,6 +94,19 @@ def run_args(digits_dir, save_dir, *extra, base="resume"):
                           base_checkpoint=base)
 
 
+def tiny_split(digits_dir, root, per_class, val_per_class=2):
+    """A copy of digits' first ``per_class`` training and ``val_per_class`` validation images
+    of each class (no shuffle needed)."""
+    for split, count in (("train", per_class), ("val", val_per_class)):
+        for cls in sorted(os.listdir(os.path.join(digits_dir, split))):
+            src = os.path.join(digits_dir, split, cls)
+            dst = os.path.join(root, split, cls)
+            os.makedirs(dst)
+            for name in sorted(os.listdir(src))[:count]:
+                shutil.copy(os.path.join(src, name), dst)
+    return str(root)
+
+
 def read_metrics(save_dir):
     """The records of ``metrics.jsonl`` in ``save_dir``."""
     with open(os.path.join(save_dir, "metrics.jsonl")) as f:

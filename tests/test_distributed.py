@@ -1,7 +1,6 @@
 """Data-parallel training under msrun with 2 CPU workers (MindSpore's CPU collectives): on
 one node, and as two nodes of one worker each."""
 import os
-import shutil
 import signal
 import socket
 import socketserver
@@ -13,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import DEMO, LIGHT, REPO, ckpt_arrays, read_metrics
+from conftest import DEMO, LIGHT, REPO, ckpt_arrays, read_metrics, tiny_split
 from res2net_ms.config import parse_args
 from res2net_ms.engine import build_network, parse_run_args, validate
 from res2net_ms.engine.setup import seed_everything
@@ -193,18 +192,6 @@ def test_distributed_validate_counts_uneven_shards_once(two_node_run, digits_dir
     single = validate(parse_run_args(common, base_checkpoint="ckpt_path"))
     assert single["images"] == 69
     assert f"top-1: {single['top1']:.2f}%" in line and f"top-5: {single['top5']:.2f}%" in line
-
-
-def tiny_split(digits_dir, root, per_class, val_per_class=2):
-    """A copy of digits with ``per_class`` training images per class (no shuffle needed)."""
-    for split, count in (("train", per_class), ("val", val_per_class)):
-        for cls in sorted(os.listdir(os.path.join(digits_dir, split))):
-            src = os.path.join(digits_dir, split, cls)
-            dst = os.path.join(root, split, cls)
-            os.makedirs(dst)
-            for name in sorted(os.listdir(src))[:count]:
-                shutil.copy(os.path.join(src, name), dst)
-    return str(root)
 
 
 def one_step_args(data, save_dir):

@@ -19,7 +19,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from conftest import DEMO, LIGHT, REPO, ckpt_arrays, read_metrics, run_args
+from conftest import DEMO, LIGHT, REPO, ckpt_arrays, read_metrics, run_args, tiny_split
 from res2net_ms.engine import train
 from res2net_ms.run_state import read_run_state
 from res2net_ms.fileio import TEMP_MARK
@@ -41,14 +41,7 @@ ONE_EPOCH = [*EXACT, "--epoch_size", "1", "--val_while_train", "False"]
 @pytest.fixture(scope="module")
 def tiny_dir(digits_dir, tmp_path_factory):
     """The first 8 training and 4 validation images of each digit (80 / 40), copied."""
-    root = tmp_path_factory.mktemp("tiny") / "digits"
-    for split, count in (("train", 8), ("val", 4)):
-        for label in map(str, range(10)):
-            os.makedirs(root / split / label)
-            for name in sorted(os.listdir(os.path.join(digits_dir, split, label)))[:count]:
-                shutil.copyfile(os.path.join(digits_dir, split, label, name),
-                                root / split / label / name)
-    return str(root)
+    return tiny_split(digits_dir, tmp_path_factory.mktemp("tiny") / "digits", 8, 4)
 
 
 def train_cmd(digits_dir, save_dir, *extra):
