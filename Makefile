@@ -11,8 +11,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # MindSpore's graph compiler spends about a third of its time in glibc's malloc here: with
-# jemalloc preloaded the detector's training step compiles in 19 s instead of 28 and the
-# demo's in 7 s instead of 12, to the same losses (README: Faster compiles on CPU). Preloaded
+# jemalloc preloaded the detector's training step compiles in 13-14 s instead of 18-20 and the
+# demo's in 5 s instead of 6-7, to the same losses (README: Faster compiles on CPU). Preloaded
 # when found; `JEMALLOC=` turns it off. `make jemalloc` installs Debian's (as root; CI does).
 JEMALLOC ?= $(firstword $(wildcard /usr/lib/*-linux-gnu/libjemalloc.so.2 \
 	/usr/lib64/libjemalloc.so.2 /usr/local/lib/libjemalloc.so.2))
